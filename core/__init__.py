@@ -1,0 +1,1 @@
+"""Shared settings, domain rules and message contracts of the presence platform."""

@@ -1,0 +1,74 @@
+"""RabbitMQ topology and confirmed publishing of platform events (DESIGN.md §4)."""
+
+import logging
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
+
+from core.messages import Event
+from core.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def dead_letter_name(queue: str) -> str:
+    return f"{queue}.DLQ"
+
+
+async def declare_topology(channel: AbstractChannel, settings: Settings) -> AbstractExchange:
+    """Exchange, the two stream queues with their dead-letter queues, and the MQTT dead letters."""
+    exchange = await channel.declare_exchange(
+        settings.exchange, aio_pika.ExchangeType.FANOUT, durable=True
+    )
+    for base in (settings.dashboard_queue, settings.aggregator_queue):
+        name = settings.amqp_name(base)
+        await channel.declare_queue(dead_letter_name(name), durable=True)
+        queue = await channel.declare_queue(
+            name,
+            durable=True,
+            arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dead_letter_name(name)},
+        )
+        await queue.bind(exchange)
+    await channel.declare_queue(settings.amqp_name(settings.mqtt_dead_letter_queue), durable=True)
+    return exchange
+
+
+class EventPublisher:
+    """Persistent messages with publisher confirms: `publish` returns once RabbitMQ has the event."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._connection: AbstractRobustConnection | None = None
+        self._exchange: AbstractExchange | None = None
+        self._channel: AbstractChannel | None = None
+
+    async def open(self) -> None:
+        self._connection = await aio_pika.connect_robust(self.settings.amqp_url)
+        self._channel = await self._connection.channel(publisher_confirms=True)
+        self._exchange = await declare_topology(self._channel, self.settings)
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            await self._connection.close()
+            self._connection = None
+
+    async def publish(self, event: Event) -> None:
+        assert self._exchange is not None, "open() first"
+        await self._exchange.publish(
+            aio_pika.Message(
+                event.to_bytes(),
+                content_type="application/json",
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                message_id=event.event_id,
+                type=event.type.value,
+            ),
+            routing_key="",
+        )
+
+    async def dead_letter(self, body: bytes, headers: dict[str, str]) -> None:
+        """Keep a message the bridge could not use, byte for byte, with why."""
+        assert self._channel is not None, "open() first"
+        await self._channel.default_exchange.publish(
+            aio_pika.Message(body, headers=dict(headers), delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+            routing_key=self.settings.amqp_name(self.settings.mqtt_dead_letter_queue),
+        )

@@ -1,0 +1,52 @@
+"""Identifiers and MQTT topics of the device protocol (DESIGN.md §3)."""
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from core.errors import InvalidMessage
+
+ID_PATTERN = r"[A-Za-z0-9_-]{1,64}"
+_ID = re.compile(rf"^{ID_PATTERN}$")
+_DEVICE_TOPIC = re.compile(rf"^restaurants/({ID_PATTERN})/devices/({ID_PATTERN})/(presence|heartbeat)$")
+
+PRESENCE_FILTER = "restaurants/+/devices/+/presence"
+HEARTBEAT_FILTER = "restaurants/+/devices/+/heartbeat"
+
+Kind = Literal["presence", "heartbeat"]
+
+
+def is_valid_id(value: str) -> bool:
+    return bool(_ID.match(value))
+
+
+def presence_topic(restaurant_id: str, device_id: str) -> str:
+    return f"restaurants/{restaurant_id}/devices/{device_id}/presence"
+
+
+def heartbeat_topic(restaurant_id: str, device_id: str) -> str:
+    return f"restaurants/{restaurant_id}/devices/{device_id}/heartbeat"
+
+
+def status_topic(restaurant_id: str) -> str:
+    return f"restaurants/{restaurant_id}/status"
+
+
+def client_id(restaurant_id: str, device_id: str) -> str:
+    return f"{restaurant_id}:{device_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceTopic:
+    restaurant_id: str
+    device_id: str
+    kind: Kind
+
+
+def parse_device_topic(topic: str) -> DeviceTopic:
+    """Split a device topic into its parts, or raise `InvalidMessage('bad_topic')`."""
+    match = _DEVICE_TOPIC.match(topic)
+    if match is None:
+        raise InvalidMessage("bad_topic", topic[:200])
+    kind: Kind = "presence" if match.group(3) == "presence" else "heartbeat"
+    return DeviceTopic(match.group(1), match.group(2), kind)

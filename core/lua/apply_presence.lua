@@ -1,0 +1,31 @@
+-- Apply one presence message (birth, will or graceful offline) to a restaurant's hash.
+-- KEYS[1] restaurant hash
+-- ARGV: device_id, epoch, state ("online"|"offline"), now_ms, outbox_field, event_json
+-- The (epoch, state) rule of DESIGN.md §3: within one epoch offline outranks online; an older or
+-- equal message is ignored, whatever order messages arrive in on however many bridges.
+-- Returns {code, version}: code 0 ignored, 1 stored without a device transition, 2 device transition
+-- (its event was written to the outbox field in the same atomic step).
+local key = KEYS[1]
+local did, epoch, state, now = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local rank = epoch * 2 + (state == "offline" and 1 or 0)
+local current = redis.call("HGET", key, "d:" .. did)
+local was_connected = false
+if current then
+  local c_epoch, c_state, _, c_stale = string.match(current, "^(%d+)|(%a+)|(%d+)|(%d)$")
+  local c_rank = tonumber(c_epoch) * 2 + (c_state == "offline" and 1 or 0)
+  if rank <= c_rank then
+    return {0, tonumber(redis.call("HGET", key, "v") or "0")}
+  end
+  was_connected = (c_state == "online" and c_stale == "0")
+end
+redis.call("HSET", key, "d:" .. did, ARGV[2] .. "|" .. state .. "|" .. now .. "|0")
+if state == "online" then
+  redis.call("HSET", key, "l:" .. did, now)
+end
+local version = redis.call("HINCRBY", key, "v", 1)
+local is_connected = (state == "online")
+if is_connected ~= was_connected then
+  redis.call("HSET", key, ARGV[5], ARGV[6])
+  return {2, version}
+end
+return {1, version}

@@ -1,0 +1,17 @@
+-- Commit a derived status computed from version `expected` of the facts.
+-- KEYS[1] restaurant hash
+-- ARGV: expected_version, core, status_json, outbox_field, event_json, mqtt_outbox_field
+-- Optimistic concurrency on one key: if the facts moved on (another bridge, the scheduler, the API)
+-- the caller re-reads and recomputes. Only a change of the status core (online, reason, detail) is a
+-- transition, so whoever commits it first writes the one STATUS_CHANGED; the others see it equal.
+-- Returns -1 stale version, 0 no transition, 1 transition committed (event and retained status queued).
+local key = KEYS[1]
+local version = redis.call("HGET", key, "v") or "0"
+if version ~= ARGV[1] then
+  return -1
+end
+if redis.call("HGET", key, "sc") == ARGV[2] then
+  return 0
+end
+redis.call("HSET", key, "sc", ARGV[2], "s", ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[3])
+return 1

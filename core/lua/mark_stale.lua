@@ -1,0 +1,19 @@
+-- Mark a device stale when its last heartbeat is older than the window (DESIGN.md §3).
+-- KEYS[1] restaurant hash
+-- ARGV: device_id, cutoff_ms, now_ms, outbox_field, offline_event_json
+-- Returns {code, version}: 0 not stale (fresh, offline or already stale), 2 marked stale.
+local key = KEYS[1]
+local did, cutoff = ARGV[1], tonumber(ARGV[2])
+local current = redis.call("HGET", key, "d:" .. did)
+if not current then
+  return {0, 0}
+end
+local c_epoch, c_state, _, c_stale = string.match(current, "^(%d+)|(%a+)|(%d+)|(%d)$")
+local last_seen = tonumber(redis.call("HGET", key, "l:" .. did) or "0")
+if c_state ~= "online" or c_stale == "1" or last_seen >= cutoff then
+  return {0, 0}
+end
+redis.call("HSET", key, "d:" .. did, c_epoch .. "|online|" .. ARGV[3] .. "|1")
+local version = redis.call("HINCRBY", key, "v", 1)
+redis.call("HSET", key, ARGV[4], ARGV[5])
+return {2, version}

@@ -1,0 +1,94 @@
+"""Message contracts: device payloads (DESIGN.md §3) and platform events (§4)."""
+
+import json
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from core.errors import InvalidMessage
+
+MAX_EPOCH = 2**53 - 1  # what a JavaScript device can count to, and what Lua's doubles hold exactly
+
+
+class DeviceState(StrEnum):
+    ONLINE = "online"
+    OFFLINE = "offline"
+
+
+class PresencePayload(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    state: DeviceState
+    epoch: int = Field(ge=0, le=MAX_EPOCH)
+    ts: int = Field(ge=0)
+    # Our one addition to DESIGN.md §3: a graceful stop says so, since a will carries the same
+    # state and topic. An offline message without it is taken to be the will.
+    cause: Literal["graceful"] | None = None
+
+
+class HeartbeatPayload(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    epoch: int = Field(ge=0, le=MAX_EPOCH)
+    ts: int = Field(ge=0)
+
+
+def _load(payload: bytes, max_bytes: int) -> Any:
+    if len(payload) > max_bytes:
+        raise InvalidMessage("oversized_payload", f"{len(payload)} bytes > {max_bytes}")
+    try:
+        return json.loads(payload)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InvalidMessage("bad_json", str(exc)[:200]) from exc
+
+
+def parse_presence(payload: bytes, max_bytes: int = 1024) -> PresencePayload:
+    try:
+        return PresencePayload.model_validate(_load(payload, max_bytes), strict=False)
+    except ValidationError as exc:
+        raise InvalidMessage("bad_presence", exc.errors()[0]["msg"]) from exc
+
+
+def parse_heartbeat(payload: bytes, max_bytes: int = 1024) -> HeartbeatPayload:
+    try:
+        return HeartbeatPayload.model_validate(_load(payload, max_bytes), strict=False)
+    except ValidationError as exc:
+        raise InvalidMessage("bad_heartbeat", exc.errors()[0]["msg"]) from exc
+
+
+class EventType(StrEnum):
+    DEVICE_ONLINE = "DEVICE_ONLINE"
+    DEVICE_OFFLINE = "DEVICE_OFFLINE"
+    STATUS_CHANGED = "STATUS_CHANGED"
+    UNAVAILABILITY_CREATED = "UNAVAILABILITY_CREATED"
+    UNAVAILABILITY_CANCELLED = "UNAVAILABILITY_CANCELLED"
+
+
+OfflineCause = Literal["will", "graceful", "stale"]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Event(BaseModel):
+    """One message on the KEEPALIVE_EVENTS exchange; consumers are idempotent on `event_id`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    event_id: str = Field(default_factory=lambda: str(uuid.uuid4()))
+    type: EventType
+    restaurant_id: str
+    device_id: str | None = None
+    ts: datetime = Field(default_factory=utc_now)
+    data: dict[str, Any] = Field(default_factory=dict)
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode()
+
+    @classmethod
+    def from_bytes(cls, body: bytes) -> "Event":
+        return cls.model_validate_json(body)

@@ -1,0 +1,228 @@
+"""The Redis side of presence: one hash per restaurant, changed only by single-key Lua scripts."""
+
+import json
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+
+from core.messages import DeviceState, Event
+from core.status import DerivedStatus, DeviceFact, RestaurantRules
+from core.status_codec import rules_from_json
+
+STATUS_OUTBOX = "m"  # the retained `restaurants/{rid}/status` still to publish
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def from_ms(ms: int | str) -> datetime:
+    return datetime.fromtimestamp(int(ms) / 1000, tz=UTC)
+
+
+def outbox_field() -> str:
+    """Outbox fields sort by creation time, so recovery republishes in order."""
+    return f"o:{now_ms():013d}:{uuid.uuid4().hex}"
+
+
+@dataclass(slots=True)
+class RestaurantSnapshot:
+    """Everything Redis holds of one restaurant, read in one HGETALL."""
+
+    restaurant_id: str
+    version: int = 0
+    rules: RestaurantRules | None = None
+    group: str | None = None
+    devices: list[DeviceFact] = field(default_factory=list)
+    last_status: DerivedStatus | None = None
+    outbox: dict[str, str] = field(default_factory=dict)
+    pending_status: str | None = None
+
+    @classmethod
+    def from_hash(cls, restaurant_id: str, raw: dict[str, str]) -> "RestaurantSnapshot":
+        snap = cls(restaurant_id, version=int(raw.get("v", 0)))
+        if "p" in raw:
+            profile = json.loads(raw["p"])
+            snap.rules = rules_from_json(profile)
+            snap.group = profile.get("group")
+        if "s" in raw:
+            snap.last_status = DerivedStatus.model_validate_json(raw["s"])
+        snap.pending_status = raw.get(STATUS_OUTBOX)
+        for name, value in raw.items():
+            if name.startswith("d:"):
+                did = name[2:]
+                epoch, state, changed, _stale = value.split("|")
+                seen = raw.get(f"l:{did}")
+                snap.devices.append(
+                    DeviceFact(
+                        device_id=did,
+                        epoch=int(epoch),
+                        state=DeviceState(state),
+                        last_seen=from_ms(seen) if seen else None,
+                        changed_at=from_ms(changed),
+                    )
+                )
+            elif name.startswith("o:"):
+                snap.outbox[name] = value
+        return snap
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptResult:
+    code: int
+    version: int
+    outbox_field: str | None = None
+    event: Event | None = None
+
+
+def _load_script(redis: Redis, name: str) -> AsyncScript:
+    return redis.register_script(resources.files("core.lua").joinpath(name).read_text())
+
+
+class PresenceStore:
+    """Reads and writes restaurant hashes; every write is one script on one key (cluster-safe)."""
+
+    def __init__(self, redis: Redis, prefix: str) -> None:
+        """`redis` must be opened with decode_responses=True."""
+        self.redis = redis
+        self.prefix = prefix
+        self.heartbeat_index = f"{prefix}hb"
+        self._apply = _load_script(redis, "apply_presence.lua")
+        self._heartbeat = _load_script(redis, "heartbeat.lua")
+        self._stale = _load_script(redis, "mark_stale.lua")
+        self._commit = _load_script(redis, "commit_status.lua")
+        self._sweep_remove = _load_script(redis, "sweep_remove.lua")
+
+    def key(self, restaurant_id: str) -> str:
+        return f"{self.prefix}r:{restaurant_id}"
+
+    async def snapshots(self, restaurant_ids: Sequence[str]) -> list[RestaurantSnapshot]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for rid in restaurant_ids:
+                pipe.hgetall(self.key(rid))
+            raws: list[dict[str, str]] = await pipe.execute()
+        return [RestaurantSnapshot.from_hash(rid, raw) for rid, raw in zip(restaurant_ids, raws, strict=True)]
+
+    async def snapshot(self, restaurant_id: str) -> RestaurantSnapshot:
+        return (await self.snapshots([restaurant_id]))[0]
+
+    async def put_profile(self, restaurant_id: str, profile_json: str, only_if_missing: bool = False) -> None:
+        """Mirror a profile from MongoDB; a change bumps the version so in-flight commits retry."""
+        key = self.key(restaurant_id)
+        if only_if_missing:
+            await self.redis.hsetnx(key, "p", profile_json)
+            return
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, "p", profile_json)
+            pipe.hincrby(key, "v", 1)
+            await pipe.execute()
+
+    async def apply_presence(
+        self, events: Iterable[tuple[str, str, int, DeviceState, Event]], at_ms: int | None = None
+    ) -> list[ScriptResult]:
+        """Apply (rid, did, epoch, state, transition event) tuples in one pipeline."""
+        at = str(at_ms or now_ms())
+        items = list(events)
+        fields = [outbox_field() for _ in items]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for (rid, did, epoch, state, event), name in zip(items, fields, strict=True):
+                await self._apply(
+                    keys=[self.key(rid)],
+                    args=[did, epoch, state.value, at, name, event.model_dump_json()],
+                    client=pipe,
+                )
+                if state is DeviceState.ONLINE:
+                    pipe.zadd(self.heartbeat_index, {f"{rid}/{did}": int(at)})
+            raw = await pipe.execute()
+        return self._results(raw, items, fields, lambda item: item[4])
+
+    async def heartbeats(
+        self, beats: Iterable[tuple[str, str, int, Event]], at_ms: int | None = None
+    ) -> list[ScriptResult]:
+        """Refresh last_seen of (rid, did, epoch, revive event) in one pipeline."""
+        at = str(at_ms or now_ms())
+        items = list(beats)
+        fields = [outbox_field() for _ in items]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for (rid, did, epoch, event), name in zip(items, fields, strict=True):
+                await self._heartbeat(
+                    keys=[self.key(rid)], args=[did, epoch, at, name, event.model_dump_json()], client=pipe
+                )
+                pipe.zadd(self.heartbeat_index, {f"{rid}/{did}": int(at)})
+            raw = await pipe.execute()
+        return self._results(raw, items, fields, lambda item: item[3])
+
+    async def stale_candidates(self, cutoff_ms: int, limit: int = 5000) -> list[tuple[str, str, int]]:
+        rows = await self.redis.zrangebyscore(
+            self.heartbeat_index, "-inf", cutoff_ms, start=0, num=limit, withscores=True
+        )
+        out: list[tuple[str, str, int]] = []
+        for row in rows:
+            member, score = row[0], row[1]  # the client decodes responses: member is "rid/did"
+            rid, _, did = str(member).partition("/")
+            out.append((rid, did, int(score)))
+        return out
+
+    async def mark_stale(
+        self, candidates: Sequence[tuple[str, str, int, Event]], cutoff_ms: int
+    ) -> list[ScriptResult]:
+        at = str(now_ms())
+        fields = [outbox_field() for _ in candidates]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for (rid, did, score, event), name in zip(candidates, fields, strict=True):
+                await self._stale(
+                    keys=[self.key(rid)], args=[did, cutoff_ms, at, name, event.model_dump_json()], client=pipe
+                )
+                # Leave the index whatever the verdict; a later heartbeat puts the device back.
+                await self._sweep_remove(keys=[self.heartbeat_index], args=[f"{rid}/{did}", score], client=pipe)
+            raw = await pipe.execute()
+        return self._results(raw, list(candidates), fields, lambda item: item[3])
+
+    async def commit_status(
+        self, restaurant_id: str, version: int, status: DerivedStatus, event: Event
+    ) -> tuple[int, str]:
+        """-1: the facts moved on (recompute); 0: no transition; 1: committed with its outbox entry."""
+        name = outbox_field()
+        status_json = status.model_dump_json()  # Settled.status_json must equal this byte for byte
+        code = await self._commit(
+            keys=[self.key(restaurant_id)],
+            args=[version, status.core.model_dump_json(), status_json, name, event.model_dump_json(), STATUS_OUTBOX],
+        )
+        return int(code), name
+
+    async def clear_outbox(self, restaurant_id: str, names: Sequence[str]) -> None:
+        if names:
+            await self.redis.hdel(self.key(restaurant_id), *names)
+
+    async def clear_status_outbox(self, restaurant_id: str, published: str) -> None:
+        """Forget the retained status only if no newer one was queued meanwhile."""
+        key = self.key(restaurant_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            await pipe.watch(key)
+            if await pipe.hget(key, STATUS_OUTBOX) == published:
+                pipe.multi()
+                pipe.hdel(key, STATUS_OUTBOX)
+                await pipe.execute()
+
+    async def restaurant_ids(self, batch: int = 1000) -> list[str]:
+        start = len(self.prefix) + 2
+        return [key[start:] async for key in self.redis.scan_iter(match=f"{self.prefix}r:*", count=batch)]
+
+    @staticmethod
+    def _results(raw: list[Any], items: list[Any], fields: list[str], event_of: Any) -> list[ScriptResult]:
+        results: list[ScriptResult] = []
+        scripts = [r for r in raw if isinstance(r, list)]
+        for reply, item, name in zip(scripts, items, fields, strict=True):
+            code, version = int(reply[0]), int(reply[1])
+            if code == 2:
+                results.append(ScriptResult(code, version, name, event_of(item)))
+            else:
+                results.append(ScriptResult(code, version))
+        return results

@@ -1,0 +1,186 @@
+"""The one pure function that decides a restaurant's derived status (DESIGN.md §1, §5)."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict
+
+from core.hours import OpeningHours, last_close_before, next_open_after, opening_at
+from core.messages import DeviceState
+
+
+class OfflineReason(StrEnum):
+    CLOSED = "CLOSED"
+    UNAVAILABLE = "UNAVAILABLE"
+    DISCONNECTED = "DISCONNECTED"
+
+
+class UnavailabilityReason(StrEnum):
+    LACK_OF_DELIVERY_STAFF = "LACK_OF_DELIVERY_STAFF"
+    CONNECTION_ISSUES = "CONNECTION_ISSUES"
+    OVERLOADED_OFFLINE_ORDERS = "OVERLOADED_OFFLINE_ORDERS"
+    HOLIDAY = "HOLIDAY"
+    OTHER = "OTHER"
+
+
+@dataclass(frozen=True, slots=True)
+class Unavailability:
+    """A scheduled window; a cancelled one ends at its cancel time (or never began)."""
+
+    start: datetime
+    end: datetime
+    reason: UnavailabilityReason
+    cancelled_at: datetime | None = None
+
+    @property
+    def effective_end(self) -> datetime:
+        return self.end if self.cancelled_at is None else min(self.end, self.cancelled_at)
+
+    def covers(self, at: datetime) -> bool:
+        return self.start <= at < self.effective_end
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceFact:
+    """What Redis holds of one device: the greatest (epoch, state) seen and its last heartbeat."""
+
+    device_id: str
+    epoch: int
+    state: DeviceState
+    last_seen: datetime | None
+    changed_at: datetime | None = None
+
+    def connected_at(self, at: datetime, window: timedelta) -> bool:
+        return self.state is DeviceState.ONLINE and self.last_seen is not None and at - self.last_seen < window
+
+
+@dataclass(frozen=True, slots=True)
+class RestaurantRules:
+    """The clock side of a restaurant: its hours, zone and unavailabilities."""
+
+    hours: OpeningHours = field(default_factory=OpeningHours)
+    timezone: str = "America/Sao_Paulo"
+    unavailabilities: Sequence[Unavailability] = ()
+
+
+class StatusCore(BaseModel):
+    """The part of a status whose change is a transition (one STATUS_CHANGED each)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    online: bool
+    reason: OfflineReason | None = None
+    detail: str | None = None
+
+
+class DerivedStatus(StatusCore):
+    restaurant_id: str
+    since: datetime | None = None
+    until: datetime | None = None
+    last_seen: datetime | None = None
+    devices_connected: int = 0
+
+    @property
+    def core(self) -> StatusCore:
+        return StatusCore(online=self.online, reason=self.reason, detail=self.detail)
+
+
+def _covering(unavailabilities: Sequence[Unavailability], at: datetime) -> list[Unavailability]:
+    return sorted((u for u in unavailabilities if u.covers(at)), key=lambda u: (u.start, u.reason))
+
+
+def _unavailable_since(unavailabilities: Sequence[Unavailability], at: datetime) -> datetime:
+    """Start of the union of overlapping unavailabilities that covers `at`."""
+    since = at
+    changed = True
+    while changed:
+        changed = False
+        for u in unavailabilities:
+            if u.start < since <= u.effective_end:
+                since = u.start
+                changed = True
+    return since
+
+
+def _unavailable_until(unavailabilities: Sequence[Unavailability], at: datetime) -> datetime:
+    until = at
+    changed = True
+    while changed:
+        changed = False
+        for u in unavailabilities:
+            if u.start <= until < u.effective_end:
+                until = u.effective_end
+                changed = True
+    return until
+
+
+def _next_unavailability_start(unavailabilities: Sequence[Unavailability], at: datetime) -> datetime | None:
+    starts = [u.start for u in unavailabilities if u.start > at and u.effective_end > u.start]
+    return min(starts, default=None)
+
+
+def derive_status(
+    restaurant_id: str,
+    rules: RestaurantRules,
+    devices: Sequence[DeviceFact],
+    now: datetime,
+    window: timedelta,
+    previous: DerivedStatus | None = None,
+) -> DerivedStatus:
+    """Decide the status at `now`: CLOSED, then UNAVAILABLE, then DISCONNECTED, else online."""
+    connected = [d for d in devices if d.connected_at(now, window)]
+    seen = [d.last_seen for d in devices if d.last_seen is not None and d.last_seen <= now]
+    last_seen = max(seen, default=None)
+    opening = opening_at(rules.hours, rules.timezone, now)
+    covering = _covering(rules.unavailabilities, now)
+
+    if opening is None:
+        core = StatusCore(online=False, reason=OfflineReason.CLOSED)
+        since = last_close_before(rules.hours, rules.timezone, now)
+        until = next_open_after(rules.hours, rules.timezone, now)
+    elif covering:
+        core = StatusCore(online=False, reason=OfflineReason.UNAVAILABLE, detail=covering[0].reason.value)
+        since = max(opening[0], _unavailable_since(rules.unavailabilities, now))
+        until = min(opening[1], _unavailable_until(rules.unavailabilities, now))
+    else:
+        unav_end = max(
+            (u.effective_end for u in rules.unavailabilities if u.effective_end <= now and u.effective_end > u.start),
+            default=opening[0],
+        )
+        clock_since = max(opening[0], unav_end)
+        next_unav = _next_unavailability_start(rules.unavailabilities, now)
+        until = opening[1] if next_unav is None else min(opening[1], next_unav)
+        if connected:
+            core = StatusCore(online=True)
+            link_since = min((d.changed_at or now) for d in connected)
+        else:
+            core = StatusCore(online=False, reason=OfflineReason.DISCONNECTED)
+            link_since = _disconnected_since(devices, window, now)
+        since = max(clock_since, link_since)
+
+    if previous is not None and previous.core == core and previous.since is not None:
+        since = previous.since
+    return DerivedStatus(
+        restaurant_id=restaurant_id,
+        online=core.online,
+        reason=core.reason,
+        detail=core.detail,
+        since=since,
+        until=until,
+        last_seen=last_seen,
+        devices_connected=len(connected),
+    )
+
+
+def _disconnected_since(devices: Sequence[DeviceFact], window: timedelta, now: datetime) -> datetime:
+    """When the last device stopped counting: its will/graceful time, or its heartbeat window ran out."""
+    ends: list[datetime] = []
+    for d in devices:
+        if d.state is DeviceState.OFFLINE and d.changed_at is not None:
+            ends.append(d.changed_at)
+        elif d.last_seen is not None:
+            ends.append(d.last_seen + window)
+    candidates = [t for t in ends if t <= now]
+    return max(candidates, default=datetime.min.replace(tzinfo=now.tzinfo))

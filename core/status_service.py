@@ -1,0 +1,94 @@
+"""Status of restaurants from Redis facts, profiles mirrored from MongoDB, and the pure rules."""
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from core.documents import Restaurant
+from core.messages import Event, EventType, utc_now
+from core.presence_store import PresenceStore, RestaurantSnapshot
+from core.status import DerivedStatus, derive_status
+from core.status_codec import profile_json
+
+logger = logging.getLogger(__name__)
+
+MAX_COMMIT_RETRIES = 20
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """A committed transition: its STATUS_CHANGED (in the outbox field) and the retained status to publish."""
+
+    status: DerivedStatus
+    event: Event
+    outbox_field: str
+    status_json: str
+
+
+def restaurant_profile(doc: Restaurant) -> str:
+    return profile_json(doc.group, doc.timezone, doc.hours)
+
+
+class StatusService:
+    """The one place live status is computed, for the API, the bridge and the scheduler alike."""
+
+    def __init__(self, store: PresenceStore, window: timedelta) -> None:
+        self.store = store
+        self.window = window
+
+    async def fill_profiles(self, snaps: Sequence[RestaurantSnapshot]) -> list[str]:
+        """Load from MongoDB the profiles Redis lacks (first use, or Redis lost); return unknown ids."""
+        missing = [s.restaurant_id for s in snaps if s.rules is None]
+        if not missing:
+            return []
+        found: dict[str, str] = {}
+        for start in range(0, len(missing), 1000):
+            chunk = missing[start : start + 1000]
+            async for doc in Restaurant.find({"restaurant_id": {"$in": chunk}}):
+                found[doc.restaurant_id] = restaurant_profile(doc)
+        for snap in snaps:
+            profile = found.get(snap.restaurant_id)
+            if profile is not None and snap.rules is None:
+                await self.store.put_profile(snap.restaurant_id, profile, only_if_missing=True)
+                fresh = RestaurantSnapshot.from_hash(snap.restaurant_id, {"p": profile})
+                snap.rules, snap.group = fresh.rules, fresh.group
+        return [rid for rid in missing if rid not in found]
+
+    def derive(self, snap: RestaurantSnapshot, now: datetime) -> DerivedStatus:
+        assert snap.rules is not None, "fill_profiles first"
+        return derive_status(snap.restaurant_id, snap.rules, snap.devices, now, self.window, snap.last_status)
+
+    async def current(
+        self, restaurant_ids: Sequence[str], now: datetime | None = None
+    ) -> tuple[list[DerivedStatus], list[str]]:
+        """Statuses of the known ids, in the order asked, and the unknown ids."""
+        at = now or utc_now()
+        snaps = await self.store.snapshots(list(dict.fromkeys(restaurant_ids)))
+        unknown = set(await self.fill_profiles(snaps))
+        statuses = [self.derive(s, at) for s in snaps if s.restaurant_id not in unknown]
+        return statuses, [rid for rid in dict.fromkeys(restaurant_ids) if rid in unknown]
+
+    async def settle(self, restaurant_id: str, now: datetime | None = None) -> Settled | None:
+        """Recompute and commit one restaurant's status; returns what to publish on a transition.
+
+        Optimistic: if the facts change between read and commit the read is repeated, so concurrent
+        bridges, the scheduler and the API agree on exactly one STATUS_CHANGED per transition.
+        """
+        for _ in range(MAX_COMMIT_RETRIES):
+            snap = await self.store.snapshot(restaurant_id)
+            if await self.fill_profiles([snap]):
+                return None
+            status = self.derive(snap, now or utc_now())
+            event = Event(
+                type=EventType.STATUS_CHANGED,
+                restaurant_id=restaurant_id,
+                data=status.model_dump(mode="json"),
+            )
+            code, field = await self.store.commit_status(restaurant_id, snap.version, status, event)
+            if code == 1:
+                return Settled(status, event, field, status.model_dump_json())
+            if code == 0:
+                return None
+        logger.warning("status of %s kept moving; gave up after %d tries", restaurant_id, MAX_COMMIT_RETRIES)
+        return None
