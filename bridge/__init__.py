@@ -1,0 +1,1 @@
+"""MQTT presence → Redis state → RabbitMQ transitions and retained statuses."""

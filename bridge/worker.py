@@ -1,0 +1,341 @@
+"""The bridge worker: batches from the brokers → Redis scripts → outbox → RabbitMQ and retained status."""
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import timedelta
+
+from paho.mqtt.client import MQTTMessageInfo
+from prometheus_client import start_http_server
+from redis.asyncio import Redis
+
+from bridge.dead_letters import DeadLetters
+from bridge.handoff import HandOff
+from bridge.metrics import BridgeMetrics
+from bridge.mqtt_link import BrokerLink, Inbound
+from core.amqp import EventPublisher
+from core.db import open_mongo
+from core.errors import InvalidMessage
+from core.ids import parse_device_topic, status_topic
+from core.messages import DeviceState, Event, EventType, parse_heartbeat, parse_presence
+from core.presence_store import PresenceStore, ScriptResult, from_ms, now_ms
+from core.settings import Settings
+from core.shards import shard_of
+from core.status_service import StatusService
+
+logger = logging.getLogger(__name__)
+
+PresenceRow = tuple[Inbound, str, str, int, DeviceState, str | None]
+
+SETTLE_CONCURRENCY = 200
+QUIET_AFTER_RETAINED_S = 1.0  # no retained message for this long after SUBACK: the shard is read
+
+
+class Bridge:
+    """`run()` until `request_stop()`; then in-flight batches drain and resources close in reverse."""
+
+    def __init__(self, settings: Settings, instance: str | None = None) -> None:
+        self.settings = settings
+        self.instance = instance or uuid.uuid4().hex[:8]
+        self.metrics = BridgeMetrics()
+        self.window = timedelta(seconds=settings.stale_after_s)
+        self._stop = asyncio.Event()
+        self._started = time.monotonic()
+        self.converged = asyncio.Event()
+        self.links: list[BrokerLink] = []
+        self._known: set[str] = set()
+        self._unknown_until: dict[str, float] = {}
+        self._retained_pending: list[tuple[str, str, MQTTMessageInfo]] = []
+        self.metrics_port: int | None = None
+        self._retained_after_start: list[tuple[str, str]] = []
+        self._held_wills: list[tuple[float, PresenceRow]] = []
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.handoff: HandOff[Inbound] = HandOff(loop)
+        redis = Redis.from_url(self.settings.redis_url, decode_responses=True)
+        mongo = await open_mongo(self.settings)
+        self.publisher = EventPublisher(self.settings)
+        await self.publisher.open()
+        self.store = PresenceStore(redis, self.settings.redis_prefix)
+        self.status = StatusService(self.store, self.window)
+        self.dead_letters = DeadLetters(self.publisher, self.metrics)
+        httpd = None
+        if self.settings.bridge_metrics_port >= 0:
+            httpd, _ = start_http_server(self.settings.bridge_metrics_port, "127.0.0.1", self.metrics.registry)
+            self.metrics_port = httpd.server_port
+        try:
+            await self._recover_outbox()
+            self.links = [
+                BrokerLink(url, i, self.settings, self.instance, self.handoff)
+                for i, url in enumerate(self.settings.mqtt_brokers)
+            ]
+            for link in self.links:
+                link.start()
+            for rid, status_json in self._retained_after_start:
+                self._publish_retained(rid, status_json)  # paho queues them until connected
+            tasks = [
+                asyncio.create_task(self._sweep_loop(), name="sweep"),
+                asyncio.create_task(self._convergence_loop(), name="convergence"),
+            ]
+            await self._main_loop()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            await self.close(redis, mongo, httpd)
+
+    async def close(self, redis: Redis, mongo: object, httpd: object) -> None:
+        for link in reversed(self.links):
+            await asyncio.to_thread(link.stop)
+        self.handoff.close()
+        await self.publisher.close()
+        await redis.aclose()
+        await mongo.close()  # type: ignore[attr-defined]
+        if httpd is not None:
+            httpd.shutdown()  # type: ignore[attr-defined]
+            httpd.server_close()  # type: ignore[attr-defined]
+        logger.info("bridge %s stopped", self.instance)
+
+    async def _main_loop(self) -> None:
+        while not self._stop.is_set():
+            batch = await self.handoff.take(self.settings.heartbeat_batch_max, wait_s=self._next_wait())
+            self.metrics.queue_depth.set(len(self.handoff))
+            if batch:
+                await self._guarded(self._process(batch))
+            await self._guarded(self._release_wills())
+            await self._check_retained()
+        # SIGTERM: stop taking new work from the brokers, then drain what paho already handed over.
+        for link in self.links:
+            await asyncio.to_thread(link.stop)
+        while batch := await self.handoff.take(self.settings.heartbeat_batch_max, wait_s=0):
+            await self._guarded(self._process(batch))
+        await self._guarded(self._release_wills(everything=True))
+        await self._check_retained(wait=True)
+
+    def _next_wait(self) -> float:
+        if not self._held_wills:
+            return 0.2
+        return max(0.0, min(0.2, self._held_wills[0][0] - time.monotonic()))
+
+    async def _release_wills(self, everything: bool = False) -> None:
+        """Apply the wills whose grace is over (a newer birth meanwhile makes the rule ignore them)."""
+        now = time.monotonic()
+        due = [row for at, row in self._held_wills if everything or at <= now]
+        if due:
+            self._held_wills = [(at, row) for at, row in self._held_wills if not (everything or at <= now)]
+            with self.metrics.batch_seconds.labels("presence").time():
+                await self._apply_presence(due)
+
+    async def _guarded(self, work: "asyncio.Future[None] | object") -> None:
+        """A failing batch is logged and counted; the bridge goes on (its effects are idempotent)."""
+        try:
+            await work  # type: ignore[misc]
+        except Exception:
+            logger.exception("batch failed; unacked presence is redelivered by the broker")
+            self.metrics.invalid.labels("batch_error").inc()
+
+    async def _process(self, batch: list[Inbound]) -> None:
+        self.metrics.batch_size.observe(len(batch))
+        presence: list[PresenceRow] = []
+        beats: list[tuple[Inbound, str, str, int]] = []
+        for msg in batch:
+            try:
+                topic = parse_device_topic(msg.topic)
+                if topic.kind == "presence":
+                    p = parse_presence(msg.payload, self.settings.max_payload_bytes)
+                    presence.append((msg, topic.restaurant_id, topic.device_id, p.epoch, p.state, p.cause))
+                else:
+                    h = parse_heartbeat(msg.payload, self.settings.max_payload_bytes)
+                    beats.append((msg, topic.restaurant_id, topic.device_id, h.epoch))
+            except InvalidMessage as exc:
+                await self.dead_letters.reject(msg.topic, msg.payload, exc.reason, exc.detail)
+                msg.link.ack(msg.mid, msg.qos)
+        unknown = await self._unknown({rid for _, rid, *_ in presence} | {rid for _, rid, *_ in beats})
+        if unknown:
+            rejected = [(p[0], p[1]) for p in presence if p[1] in unknown]
+            rejected += [(b[0], b[1]) for b in beats if b[1] in unknown]
+            for bad, rid in rejected:
+                await self.dead_letters.reject(bad.topic, bad.payload, "unknown_restaurant", rid)
+                bad.link.ack(bad.mid, bad.qos)
+            presence = [p for p in presence if p[1] not in unknown]
+            beats = [b for b in beats if b[1] not in unknown]
+        grace = self.settings.will_grace_s
+        if grace > 0:
+            live_wills = [p for p in presence if p[4] is DeviceState.OFFLINE and p[5] is None and not p[0].retain]
+            if live_wills:
+                due = time.monotonic() + grace
+                self._held_wills.extend((due, row) for row in live_wills)
+                presence = [p for p in presence if p not in live_wills]
+        if presence:
+            with self.metrics.batch_seconds.labels("presence").time():
+                await self._apply_presence(presence)
+        if beats:
+            with self.metrics.batch_seconds.labels("heartbeat").time():
+                await self._apply_heartbeats(beats)
+
+    async def _unknown(self, restaurant_ids: set[str]) -> set[str]:
+        """Restaurants never provisioned; a positive answer is kept, a negative one for a minute."""
+        now = time.monotonic()
+        ask = [rid for rid in restaurant_ids if rid not in self._known and self._unknown_until.get(rid, 0) < now]
+        if ask:
+            snaps = await self.store.snapshots(ask)
+            missing = set(await self.status.fill_profiles(snaps))
+            for rid in ask:
+                if rid in missing:
+                    self._unknown_until[rid] = now + 60
+                else:
+                    self._known.add(rid)
+        return {rid for rid in restaurant_ids if rid not in self._known}
+
+    async def _apply_presence(self, items: Sequence[PresenceRow]) -> None:
+        self.metrics.messages.labels("presence").inc(len(items))
+        at = now_ms()
+        rows = []
+        for _msg, rid, did, epoch, state, cause in items:
+            if state is DeviceState.ONLINE:
+                event = Event(type=EventType.DEVICE_ONLINE, restaurant_id=rid, device_id=did, ts=from_ms(at),
+                              data={"epoch": epoch, "cause": "birth"})
+            else:
+                event = Event(type=EventType.DEVICE_OFFLINE, restaurant_id=rid, device_id=did, ts=from_ms(at),
+                              data={"epoch": epoch, "cause": cause or "will"})
+            rows.append((rid, did, epoch, state, event))
+        results = await self.store.apply_presence(rows, at)
+        self.metrics.ignored.labels("presence").inc(sum(1 for r in results if r.code == 0))
+        await self._after_transitions([(row[0], res) for row, res in zip(rows, results, strict=True)])
+        for msg, *_ in items:
+            msg.link.ack(msg.mid, msg.qos)
+
+    async def _apply_heartbeats(self, items: Sequence[tuple[Inbound, str, str, int]]) -> None:
+        self.metrics.messages.labels("heartbeat").inc(len(items))
+        at = now_ms()
+        rows = [
+            (rid, did, epoch, Event(type=EventType.DEVICE_ONLINE, restaurant_id=rid, device_id=did, ts=from_ms(at),
+                                    data={"epoch": epoch, "cause": "heartbeat"}))
+            for _msg, rid, did, epoch in items
+        ]
+        results = await self.store.heartbeats(rows, at)
+        self.metrics.ignored.labels("heartbeat").inc(sum(1 for r in results if r.code == 0))
+        await self._after_transitions([(row[0], res) for row, res in zip(rows, results, strict=True)])
+
+    async def _after_transitions(self, results: Sequence[tuple[str, ScriptResult]]) -> None:
+        """Publish each restaurant's device events in order, then settle its status once."""
+        per_restaurant: dict[str, list[ScriptResult]] = defaultdict(list)
+        for rid, res in results:
+            if res.code == 2:
+                per_restaurant[rid].append(res)
+        if not per_restaurant:
+            return
+        gate = asyncio.Semaphore(SETTLE_CONCURRENCY)
+
+        async def one(rid: str, transitions: list[ScriptResult]) -> None:
+            async with gate:
+                for res in transitions:
+                    assert res.event is not None and res.outbox_field is not None
+                    await self.publisher.publish(res.event)
+                    self.metrics.events_published.inc()
+                    self.metrics.device_transitions.labels(res.event.type.value).inc()
+                await self.store.clear_outbox(rid, [r.outbox_field for r in transitions if r.outbox_field])
+                await self._settle(rid)
+
+        await asyncio.gather(*(one(rid, tr) for rid, tr in per_restaurant.items()))
+
+    async def _settle(self, restaurant_id: str) -> None:
+        settled = await self.status.settle(restaurant_id)
+        if settled is None:
+            return
+        await self.publisher.publish(settled.event)
+        self.metrics.events_published.inc()
+        self.metrics.status_changes.inc()
+        await self.store.clear_outbox(restaurant_id, [settled.outbox_field])
+        self._publish_retained(restaurant_id, settled.status_json)
+
+    def _publish_retained(self, restaurant_id: str, status_json: str) -> None:
+        link = self.links[shard_of(restaurant_id, len(self.links))]
+        info = link.publish_retained(status_topic(restaurant_id), status_json.encode())
+        self._retained_pending.append((restaurant_id, status_json, info))
+
+    async def _check_retained(self, wait: bool = False) -> None:
+        """Forget queued retained statuses the broker has acknowledged."""
+        deadline = time.monotonic() + (10 if wait else 0)
+        while True:
+            still: list[tuple[str, str, MQTTMessageInfo]] = []
+            for rid, payload, info in self._retained_pending:
+                if info.is_published():
+                    await self.store.clear_status_outbox(rid, payload)
+                elif info.rc == 0:
+                    still.append((rid, payload, info))
+            self._retained_pending = still
+            if not still or time.monotonic() >= deadline:
+                return
+            await asyncio.sleep(0.05)
+
+    async def _sweep_loop(self) -> None:
+        """Mark stale the devices whose last heartbeat is older than the window."""
+        window_ms = int(self.settings.stale_after_s * 1000)
+        while True:
+            await asyncio.sleep(self.settings.sweep_interval_s)
+            try:
+                cutoff = now_ms() - window_ms
+                candidates = await self.store.stale_candidates(cutoff)
+                if not candidates:
+                    continue
+                at = from_ms(now_ms())
+                rows = [
+                    (rid, did, score, Event(type=EventType.DEVICE_OFFLINE, restaurant_id=rid, device_id=did, ts=at,
+                                            data={"cause": "stale", "last_seen": from_ms(score).isoformat()}))
+                    for rid, did, score in candidates
+                ]
+                results = await self.store.mark_stale(rows, cutoff)
+                self.metrics.stale_marked.inc(sum(1 for r in results if r.code == 2))
+                await self._after_transitions([(row[0], res) for row, res in zip(rows, results, strict=True)])
+            except Exception:
+                logger.exception("stale sweep failed; retrying at the next tick")
+
+    async def _convergence_loop(self) -> None:
+        """Say when every shard's retained presence has been read, then settle every restaurant."""
+        while not all(not link.reconciling for link in self.links):
+            await asyncio.sleep(0.1)
+            for link in self.links:
+                if not link.reconciling or link.reconcile_subscribed_at is None:
+                    continue
+                quiet_since = max(link.last_retained_at, link.reconcile_subscribed_at)
+                if time.monotonic() - quiet_since >= QUIET_AFTER_RETAINED_S and len(self.handoff) == 0:
+                    link.end_reconciliation()
+        await self._settle_all()
+        elapsed = time.monotonic() - self._started
+        self.metrics.reconcile_seconds.set(elapsed)
+        self.metrics.converged.set(1)
+        self.converged.set()
+        logger.info("converged on retained presence of %d shard(s) in %.2f s", len(self.links), elapsed)
+
+    async def _settle_all(self) -> None:
+        """Statuses may have moved while no bridge ran (devices, clock): one settle per restaurant."""
+        gate = asyncio.Semaphore(SETTLE_CONCURRENCY)
+
+        async def one(rid: str) -> None:
+            async with gate:
+                await self._settle(rid)
+
+        await asyncio.gather(*(one(rid) for rid in await self.store.restaurant_ids()))
+
+    async def _recover_outbox(self) -> None:
+        """Publish what a previous bridge committed to Redis but died before RabbitMQ confirmed."""
+        ids = await self.store.restaurant_ids()
+        recovered = 0
+        for start in range(0, len(ids), 1000):
+            for snap in await self.store.snapshots(ids[start : start + 1000]):
+                for name in sorted(snap.outbox):
+                    await self.publisher.publish(Event.model_validate_json(snap.outbox[name]))
+                    recovered += 1
+                await self.store.clear_outbox(snap.restaurant_id, sorted(snap.outbox))
+                if snap.pending_status is not None:
+                    self._retained_after_start.append((snap.restaurant_id, snap.pending_status))
+        if recovered:
+            logger.info("republished %d events left in the outbox by an earlier bridge", recovered)

@@ -1,0 +1,218 @@
+"""The bridge end to end on real Mosquitto, Redis, RabbitMQ and FerretDB."""
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aio_pika
+import pytest
+from redis.asyncio import Redis
+
+from bridge.worker import Bridge
+from core.db import open_mongo
+from core.presence_store import PresenceStore
+from core.settings import Settings
+from core.status_service import StatusService
+from tests.devices import ALWAYS_CLOSED, Device, EventTap, make_restaurant, settle_time
+from tests.helpers import wait_until
+
+# Mosquitto outlives a test and keeps retained presence: ids unique to this run keep tests apart.
+RID = {name: f"{name}-{uuid.uuid4().hex[:6]}" for name in
+       ("r-life", "r-two", "r-stale", "r-closed", "r-bad", "r-keep", "r-gone", "r-take")}
+
+
+@asynccontextmanager
+async def running_bridge(settings: Settings, instance: str | None = None) -> AsyncIterator[Bridge]:
+    bridge = Bridge(settings, instance or uuid.uuid4().hex[:8])
+    task = asyncio.create_task(bridge.run())
+    try:
+        await wait_until(lambda: bridge.converged.is_set() or task.done(), 20, message="bridge never converged")
+        if task.done():
+            task.result()
+        yield bridge
+    finally:
+        bridge.request_stop()
+        await asyncio.wait_for(task, 20)
+
+
+@pytest.fixture
+async def env(settings: Settings) -> AsyncIterator[dict[str, Any]]:
+    # Each test's bridges get their own shared-subscription group: an earlier test's bridge session may
+    # still be alive on the session-wide Mosquitto and would otherwise take a share of the messages.
+    fast = settings.model_copy(
+        update={
+            "bridge_metrics_port": 0,
+            "stale_after_s": 2.0,
+            "sweep_interval_s": 0.2,
+            "mqtt_shared_group": f"g{uuid.uuid4().hex[:8]}",
+        }
+    )
+    mongo = await open_mongo(fast)
+    redis = Redis.from_url(fast.redis_url, decode_responses=True)
+    service = StatusService(PresenceStore(redis, fast.redis_prefix), __import__("datetime").timedelta(seconds=2))
+    async with EventTap(fast) as tap:
+        yield {"settings": fast, "tap": tap, "service": service}
+    await redis.aclose()
+    await mongo.close()
+
+
+def status_of(service: StatusService, rid: str) -> Callable[[], Any]:
+    async def read() -> Any:
+        statuses, _ = await service.current([rid])
+        return statuses[0]
+
+    return read
+
+
+async def test_birth_will_graceful_and_one_status_change_each(env: dict[str, Any], stack: Any) -> None:
+    settings, tap, service = env["settings"], env["tap"], env["service"]
+    secret = await make_restaurant(settings, stack, RID["r-life"])
+    async with running_bridge(settings):
+        device = Device(stack.mosquitto_url, RID["r-life"], secret)
+        await asyncio.to_thread(device.connect, 1)
+        await tap.wait_for(RID["r-life"], "DEVICE_ONLINE")
+        changed = await tap.wait_for(RID["r-life"], "STATUS_CHANGED")
+        assert changed[0]["data"]["online"] is True
+        assert (await status_of(service, RID["r-life"])()).online
+
+        await asyncio.to_thread(device.crash)
+        offline = await tap.wait_for(RID["r-life"], "DEVICE_OFFLINE", timeout=20)
+        assert offline[0]["data"]["cause"] == "will"
+        changed = await tap.wait_for(RID["r-life"], "STATUS_CHANGED", 2)
+        assert changed[1]["data"]["reason"] == "DISCONNECTED"
+
+        await asyncio.to_thread(device.connect, 2)
+        await tap.wait_for(RID["r-life"], "STATUS_CHANGED", 3)
+        await asyncio.to_thread(device.graceful)
+        offline = await tap.wait_for(RID["r-life"], "DEVICE_OFFLINE", 2)
+        assert offline[1]["data"]["cause"] == "graceful"
+        await tap.wait_for(RID["r-life"], "STATUS_CHANGED", 4)
+        await settle_time()
+        for queue in (settings.dashboard_queue, settings.aggregator_queue):
+            kinds = [e["data"]["online"] for e in tap.of(RID["r-life"], "STATUS_CHANGED", queue)]
+            assert kinds == [True, False, True, False], queue
+
+
+async def test_two_devices_restaurant_online_while_either_is(env: dict[str, Any], stack: Any) -> None:
+    settings, tap, service = env["settings"], env["tap"], env["service"]
+    secret = await make_restaurant(settings, stack, RID["r-two"])
+    async with running_bridge(settings):
+        tablet = Device(stack.mosquitto_url, RID["r-two"], secret, "tablet")
+        pos = Device(stack.mosquitto_url, RID["r-two"], secret, "pos")
+        await asyncio.to_thread(tablet.connect, 1)
+        await asyncio.to_thread(pos.connect, 1)
+        await tap.wait_for(RID["r-two"], "DEVICE_ONLINE", 2)
+        await asyncio.to_thread(tablet.graceful)
+        await tap.wait_for(RID["r-two"], "DEVICE_OFFLINE")
+        status = await status_of(service, RID["r-two"])()
+        assert status.online and status.devices_connected == 1
+        await asyncio.to_thread(pos.graceful)
+        await tap.wait_for(RID["r-two"], "STATUS_CHANGED", 2)
+        assert [e["data"]["online"] for e in tap.of(RID["r-two"], "STATUS_CHANGED")] == [True, False]
+
+
+async def test_stale_then_revived_by_heartbeat(env: dict[str, Any], stack: Any) -> None:
+    settings, tap, service = env["settings"], env["tap"], env["service"]
+    secret = await make_restaurant(settings, stack, RID["r-stale"])
+    async with running_bridge(settings):
+        device = Device(stack.mosquitto_url, RID["r-stale"], secret)
+        await asyncio.to_thread(device.connect, 7)
+        await tap.wait_for(RID["r-stale"], "STATUS_CHANGED")
+        offline = await tap.wait_for(RID["r-stale"], "DEVICE_OFFLINE", timeout=10)
+        assert offline[0]["data"]["cause"] == "stale"
+        assert (await status_of(service, RID["r-stale"])()).reason == "DISCONNECTED"
+        await asyncio.to_thread(device.heartbeat, 6)  # an older epoch proves nothing
+        await settle_time(0.5)
+        assert len(tap.of(RID["r-stale"], "DEVICE_ONLINE")) == 1
+        await asyncio.to_thread(device.heartbeat)
+        await tap.wait_for(RID["r-stale"], "DEVICE_ONLINE", 2)
+        await tap.wait_for(RID["r-stale"], "STATUS_CHANGED", 3)
+        assert (await status_of(service, RID["r-stale"])()).online
+        await asyncio.to_thread(device.stop)
+
+
+async def test_closed_restaurant_is_closed_even_when_connected(env: dict[str, Any], stack: Any) -> None:
+    settings, tap, service = env["settings"], env["tap"], env["service"]
+    secret = await make_restaurant(settings, stack, RID["r-closed"], hours=ALWAYS_CLOSED)
+    async with running_bridge(settings):
+        device = Device(stack.mosquitto_url, RID["r-closed"], secret)
+        await asyncio.to_thread(device.connect, 1)
+        await tap.wait_for(RID["r-closed"], "DEVICE_ONLINE")
+        changed = await tap.wait_for(RID["r-closed"], "STATUS_CHANGED")
+        assert changed[0]["data"]["reason"] == "CLOSED"
+        status = await status_of(service, RID["r-closed"])()
+        assert status.reason == "CLOSED" and status.devices_connected == 1
+        await asyncio.to_thread(device.crash)
+        await tap.wait_for(RID["r-closed"], "DEVICE_OFFLINE", timeout=20)
+        await settle_time()
+        assert len(tap.of(RID["r-closed"], "STATUS_CHANGED")) == 1  # still CLOSED: not a transition
+
+
+async def test_malformed_input_is_dead_lettered_and_the_next_message_counts(env: dict[str, Any], stack: Any) -> None:
+    settings, tap = env["settings"], env["tap"]
+    secret = await make_restaurant(settings, stack, RID["r-bad"])
+    async with running_bridge(settings) as bridge:
+        device = Device(stack.mosquitto_url, RID["r-bad"], secret)
+        await asyncio.to_thread(device.connect, 1, False)
+        bad = [b"not json", b'{"state": "dancing", "epoch": 1, "ts": 0}', b'{"state": "online"}', b"x" * 5000]
+        for payload in bad:
+            await asyncio.to_thread(device.publish_raw, f"restaurants/{RID['r-bad']}/devices/tablet/presence", payload)
+        await asyncio.to_thread(device.publish_raw, f"restaurants/{RID['r-bad']}/devices/tablet/heartbeat", b"[]", 0)
+        await asyncio.to_thread(device.presence, "online")
+        await tap.wait_for(RID["r-bad"], "DEVICE_ONLINE")
+        connection = await aio_pika.connect(settings.amqp_url)
+        async with connection:
+            channel = await connection.channel()
+            queue = await channel.get_queue(settings.amqp_name(settings.mqtt_dead_letter_queue))
+            reasons: list[Any] = []
+
+            async def ours() -> bool:
+                message = await queue.get(no_ack=True, fail=False)
+                if message is not None and RID["r-bad"] in str(message.headers["topic"]):
+                    reasons.append(message.headers["reason"])
+                return len(reasons) == len(bad) + 1
+
+            await wait_until(ours, 20, message="dead letters")
+            assert sorted(reasons) == sorted(
+                ["bad_json", "bad_presence", "bad_presence", "oversized_payload", "bad_heartbeat"]
+            )
+        assert bridge.metrics.invalid.labels("bad_json")._value.get() == 1
+        await asyncio.to_thread(device.stop)
+
+
+async def test_bridge_restart_reconciles_from_retained_presence(env: dict[str, Any], stack: Any) -> None:
+    settings, tap, service = env["settings"], env["tap"], env["service"]
+    secrets = {rid: await make_restaurant(settings, stack, rid) for rid in (RID["r-keep"], RID["r-gone"])}
+    devices = {rid: Device(stack.mosquitto_url, rid, secret) for rid, secret in secrets.items()}
+    for device in devices.values():
+        await asyncio.to_thread(device.connect, 3)
+    # No bridge ran while the devices came and one went: only the retained presence tells.
+    await asyncio.to_thread(devices[RID["r-gone"]].graceful)
+    async with running_bridge(settings):
+        assert (await status_of(service, RID["r-keep"])()).online
+        assert (await status_of(service, RID["r-gone"])()).reason == "DISCONNECTED"
+        changed = await tap.wait_for(RID["r-keep"], "STATUS_CHANGED")
+        assert changed[0]["data"]["online"] is True
+    await asyncio.to_thread(devices[RID["r-keep"]].stop)
+
+
+async def test_takeover_never_shows_a_false_offline(env: dict[str, Any], stack: Any) -> None:
+    settings, tap, service = env["settings"], env["tap"], env["service"]
+    secret = await make_restaurant(settings, stack, RID["r-take"])
+    async with running_bridge(settings):
+        old = Device(stack.mosquitto_url, RID["r-take"], secret)
+        await asyncio.to_thread(old.connect, 1)
+        await tap.wait_for(RID["r-take"], "STATUS_CHANGED")
+        for epoch in range(2, 52):
+            new = Device(stack.mosquitto_url, RID["r-take"], secret)
+            await asyncio.to_thread(new.connect, epoch)  # same client id: the broker kicks `old`
+            await asyncio.to_thread(old.abandon)
+            old = new
+        await settle_time(1.0)
+        assert (await status_of(service, RID["r-take"])()).online
+        assert len(tap.of(RID["r-take"], "STATUS_CHANGED")) == 1
+        await asyncio.to_thread(old.stop)
+
+
