@@ -19,6 +19,8 @@ from core.settings import Settings
 
 logger = logging.getLogger(__name__)
 
+CONNACK_TIMEOUT_S = 3.0
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +62,7 @@ class BrokerLink:
         self.reconciling = True
         self._reconcile_mid: int | None = None
         self._fell_back = False
+        self._ever_connected = False
         self._client = self._new_client()
 
     def _new_client(self) -> mqtt.Client:
@@ -94,6 +97,17 @@ class BrokerLink:
             kwargs["clean_start"] = False
         self._client.connect_async(self.host, self.port, keepalive=30, properties=properties, **kwargs)
         self._client.loop_start()
+        if self.mqtt5 and self.settings.mqtt_protocol == "auto" and not self._ever_connected:
+            # amqtt (MQTT 3.1.1 only) neither answers nor closes an MQTT 5 CONNECT: wait for a CONNACK
+            # only so long, then speak 3.1.1.
+            timer = threading.Timer(CONNACK_TIMEOUT_S, self._connack_overdue)
+            timer.daemon = True
+            timer.start()
+
+    def _connack_overdue(self) -> None:
+        if not self._ever_connected and not self._fell_back:
+            logger.info("%s did not answer an MQTT 5 CONNECT; using MQTT 3.1.1", self.url)
+            self._fall_back()
 
     def stop(self) -> None:
         self._client.disconnect()
@@ -111,6 +125,7 @@ class BrokerLink:
                 logger.error("%s refused the bridge: %s", self.url, reason)
             return
         logger.info("connected to %s as %s (MQTT %s)", self.url, self.client_id, "5" if self.mqtt5 else "3.1.1")
+        self._ever_connected = True
         self.connected.set()
         self.reconciling = True
         self.reconcile_subscribed_at = None
@@ -127,6 +142,8 @@ class BrokerLink:
             _, self._reconcile_mid = client.subscribe([(PRESENCE_FILTER, 1), (HEARTBEAT_FILTER, 0)])
 
     def _fall_back(self) -> None:
+        if self._fell_back:
+            return
         self._fell_back = True
         self.mqtt5 = False
         old = self._client
@@ -143,7 +160,9 @@ class BrokerLink:
         if mid == self._reconcile_mid:
             self.reconcile_subscribed_at = time.monotonic()
 
-    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+    def _on_disconnect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        if client is not self._client:
+            return  # the MQTT 5 attempt being replaced
         self.connected.clear()
         if reason is not None and getattr(reason, "is_failure", False):
             logger.warning("lost %s: %s; paho reconnects with backoff", self.url, reason)

@@ -47,7 +47,6 @@ class Bridge:
         self.converged = asyncio.Event()
         self.links: list[BrokerLink] = []
         self._known: set[str] = set()
-        self._unknown_until: dict[str, float] = {}
         self._retained_pending: list[tuple[str, str, MQTTMessageInfo]] = []
         self.metrics_port: int | None = None
         self._retained_after_start: list[tuple[str, str]] = []
@@ -181,18 +180,13 @@ class Bridge:
                 await self._apply_heartbeats(beats)
 
     async def _unknown(self, restaurant_ids: set[str]) -> set[str]:
-        """Restaurants never provisioned; a positive answer is kept, a negative one for a minute."""
-        now = time.monotonic()
-        ask = [rid for rid in restaurant_ids if rid not in self._known and self._unknown_until.get(rid, 0) < now]
-        if ask:
-            snaps = await self.store.snapshots(ask)
-            missing = set(await self.status.fill_profiles(snaps))
-            for rid in ask:
-                if rid in missing:
-                    self._unknown_until[rid] = now + 60
-                else:
-                    self._known.add(rid)
-        return {rid for rid in restaurant_ids if rid not in self._known}
+        """Restaurants never provisioned (a known one stays known: restaurants are not deleted)."""
+        ask = [rid for rid in restaurant_ids if rid not in self._known]
+        if not ask:
+            return set()
+        missing = set(await self.status.fill_profiles(await self.store.snapshots(ask)))
+        self._known.update(rid for rid in ask if rid not in missing)
+        return missing
 
     async def _apply_presence(self, items: Sequence[PresenceRow]) -> None:
         self.metrics.messages.labels("presence").inc(len(items))

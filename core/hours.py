@@ -2,7 +2,7 @@
 
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, time, timedelta
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -48,6 +48,11 @@ class OpeningHours(BaseModel):
         day: DayHours | None = getattr(self, WEEKDAYS[weekday])
         return day
 
+    @cached_property
+    def key(self) -> tuple[tuple[str, str] | None, ...]:
+        """A plain tuple to cache by (hashing the model itself costs more than the lookup saves)."""
+        return tuple((d.open, d.close) if d else None for d in map(self.for_weekday, range(7)))
+
 
 @lru_cache(maxsize=1024)
 def zone(name: str) -> ZoneInfo:
@@ -61,16 +66,28 @@ def _local(day: date, at: time, tz: ZoneInfo) -> datetime:
     return datetime.combine(day, at, tzinfo=tz).astimezone(UTC)
 
 
-def _day_windows(hours: OpeningHours, tz: ZoneInfo, first: date, last: date) -> Iterator[tuple[datetime, datetime]]:
+@lru_cache(maxsize=65536)
+def _window_of_day(
+    key: tuple[tuple[str, str] | None, ...], tz_name: str, day: date
+) -> tuple[datetime, datetime] | None:
+    """Cached: most restaurants share a few hour sets and zones, and a status read needs a few days."""
+    window = key[day.weekday()]
+    if window is None:
+        return None
+    tz = zone(tz_name)
+    opens, closes = time.fromisoformat(window[0]), time.fromisoformat(window[1])
+    start = _local(day, opens, tz)
+    end_day = day if closes > opens else day + timedelta(days=1)
+    end = _local(end_day, closes, tz)
+    return (start, end) if end > start else None
+
+
+def _day_windows(hours: OpeningHours, tz_name: str, first: date, last: date) -> Iterator[tuple[datetime, datetime]]:
     day = first
     while day <= last:
-        window = hours.for_weekday(day.weekday())
+        window = _window_of_day(hours.key, tz_name, day)
         if window is not None:
-            start = _local(day, window.open_time, tz)
-            end_day = day if window.close_time > window.open_time else day + timedelta(days=1)
-            end = _local(end_day, window.close_time, tz)
-            if end > start:
-                yield start, end
+            yield window
         day += timedelta(days=1)
 
 
@@ -82,7 +99,7 @@ def open_intervals(
     first = start.astimezone(tz).date() - timedelta(days=1)
     last = end.astimezone(tz).date()
     merged: list[tuple[datetime, datetime]] = []
-    for lo, hi in sorted(_day_windows(hours, tz, first, last)):
+    for lo, hi in _day_windows(hours, tz_name, first, last):
         lo, hi = max(lo, start), min(hi, end)
         if lo >= hi:
             continue
@@ -94,7 +111,10 @@ def open_intervals(
 
 
 def opening_at(hours: OpeningHours, tz_name: str, at: datetime) -> tuple[datetime, datetime] | None:
-    """The merged opening interval that contains `at`, looking a week either side, or None."""
+    """The merged opening interval that contains `at` (its ends searched up to a week away), or None."""
+    near = timedelta(days=2)
+    if not any(lo <= at < hi for lo, hi in open_intervals(hours, tz_name, at - near, at + near)):
+        return None
     week = timedelta(days=8)
     for lo, hi in open_intervals(hours, tz_name, at - week, at + week):
         if lo <= at < hi:

@@ -6,6 +6,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from importlib import resources
 from typing import Any
 
@@ -17,6 +18,13 @@ from core.status import DerivedStatus, DeviceFact, RestaurantRules
 from core.status_codec import rules_from_json
 
 STATUS_OUTBOX = "m"  # the retained `restaurants/{rid}/status` still to publish
+
+
+@lru_cache(maxsize=200_000)
+def parse_profile(raw: str) -> tuple[RestaurantRules, str | None]:
+    """Cached by the stored text: profiles change rarely and are read on every status."""
+    profile = json.loads(raw)
+    return rules_from_json(profile), profile.get("group")
 
 
 def now_ms() -> int:
@@ -49,9 +57,7 @@ class RestaurantSnapshot:
     def from_hash(cls, restaurant_id: str, raw: dict[str, str]) -> "RestaurantSnapshot":
         snap = cls(restaurant_id, version=int(raw.get("v", 0)))
         if "p" in raw:
-            profile = json.loads(raw["p"])
-            snap.rules = rules_from_json(profile)
-            snap.group = profile.get("group")
+            snap.rules, snap.group = parse_profile(raw["p"])
         if "s" in raw:
             snap.last_status = DerivedStatus.model_validate_json(raw["s"])
         snap.pending_status = raw.get(STATUS_OUTBOX)

@@ -1,6 +1,8 @@
 """Status of restaurants from Redis facts, profiles mirrored from MongoDB, and the pure rules."""
 
+import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -14,6 +16,8 @@ from core.status_codec import profile_json
 logger = logging.getLogger(__name__)
 
 MAX_COMMIT_RETRIES = 20
+UNKNOWN_TTL_S = 10.0
+POINT_LOOKUPS_UP_TO = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,20 +37,41 @@ def restaurant_profile(doc: Restaurant) -> str:
 class StatusService:
     """The one place live status is computed, for the API, the bridge and the scheduler alike."""
 
-    def __init__(self, store: PresenceStore, window: timedelta) -> None:
+    def __init__(self, store: PresenceStore, window: timedelta, unknown_ttl_s: float = UNKNOWN_TTL_S) -> None:
         self.store = store
         self.window = window
+        self.unknown_ttl_s = unknown_ttl_s
+        self._unknown_until: dict[str, float] = {}
+
+    async def _from_mongo(self, restaurant_ids: list[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        if len(restaurant_ids) <= POINT_LOOKUPS_UP_TO:
+            # FerretDB (SQLite) answers `$in` with a collection scan but uses the index for equality.
+            docs = await asyncio.gather(*(Restaurant.find_one({"restaurant_id": rid}) for rid in restaurant_ids))
+            return {doc.restaurant_id: restaurant_profile(doc) for doc in docs if doc is not None}
+        for start in range(0, len(restaurant_ids), 1000):
+            chunk = restaurant_ids[start : start + 1000]
+            async for doc in Restaurant.find({"restaurant_id": {"$in": chunk}}):
+                found[doc.restaurant_id] = restaurant_profile(doc)
+        return found
 
     async def fill_profiles(self, snaps: Sequence[RestaurantSnapshot]) -> list[str]:
-        """Load from MongoDB the profiles Redis lacks (first use, or Redis lost); return unknown ids."""
+        """Load from MongoDB the profiles Redis lacks (Redis lost, or provisioned elsewhere); return unknown ids.
+
+        Provisioning writes the profile to Redis itself, so an id missing from both is remembered as
+        unknown for a short while: a batch full of bad ids must not scan MongoDB every time.
+        """
+        now = time.monotonic()
         missing = [s.restaurant_id for s in snaps if s.rules is None]
         if not missing:
             return []
-        found: dict[str, str] = {}
-        for start in range(0, len(missing), 1000):
-            chunk = missing[start : start + 1000]
-            async for doc in Restaurant.find({"restaurant_id": {"$in": chunk}}):
-                found[doc.restaurant_id] = restaurant_profile(doc)
+        ask = [rid for rid in missing if self._unknown_until.get(rid, 0.0) < now]
+        found = await self._from_mongo(ask) if ask else {}
+        for rid in ask:
+            if rid not in found:
+                self._unknown_until[rid] = now + self.unknown_ttl_s
+        if len(self._unknown_until) > 100_000:
+            self._unknown_until = {k: v for k, v in self._unknown_until.items() if v >= now}
         for snap in snaps:
             profile = found.get(snap.restaurant_id)
             if profile is not None and snap.rules is None:

@@ -37,8 +37,9 @@ async def running_bridge(settings: Settings, instance: str | None = None) -> Asy
         await asyncio.wait_for(task, 20)
 
 
-@pytest.fixture
-async def env(settings: Settings) -> AsyncIterator[dict[str, Any]]:
+@pytest.fixture(params=["mosquitto", "amqtt"])
+async def env(request: pytest.FixtureRequest, settings: Settings, stack: Any) -> AsyncIterator[dict[str, Any]]:
+    url = stack.mosquitto_url if request.param == "mosquitto" else stack.amqtt_url
     # Each test's bridges get their own shared-subscription group: an earlier test's bridge session may
     # still be alive on the session-wide Mosquitto and would otherwise take a share of the messages.
     fast = settings.model_copy(
@@ -47,13 +48,14 @@ async def env(settings: Settings) -> AsyncIterator[dict[str, Any]]:
             "stale_after_s": 2.0,
             "sweep_interval_s": 0.2,
             "mqtt_shared_group": f"g{uuid.uuid4().hex[:8]}",
+            "mqtt_brokers": [url],
         }
     )
     mongo = await open_mongo(fast)
     redis = Redis.from_url(fast.redis_url, decode_responses=True)
     service = StatusService(PresenceStore(redis, fast.redis_prefix), __import__("datetime").timedelta(seconds=2))
     async with EventTap(fast) as tap:
-        yield {"settings": fast, "tap": tap, "service": service}
+        yield {"settings": fast, "tap": tap, "service": service, "url": url}
     await redis.aclose()
     await mongo.close()
 
@@ -70,7 +72,7 @@ async def test_birth_will_graceful_and_one_status_change_each(env: dict[str, Any
     settings, tap, service = env["settings"], env["tap"], env["service"]
     secret = await make_restaurant(settings, stack, RID["r-life"])
     async with running_bridge(settings):
-        device = Device(stack.mosquitto_url, RID["r-life"], secret)
+        device = Device(env["url"], RID["r-life"], secret)
         await asyncio.to_thread(device.connect, 1)
         await tap.wait_for(RID["r-life"], "DEVICE_ONLINE")
         changed = await tap.wait_for(RID["r-life"], "STATUS_CHANGED")
@@ -99,8 +101,8 @@ async def test_two_devices_restaurant_online_while_either_is(env: dict[str, Any]
     settings, tap, service = env["settings"], env["tap"], env["service"]
     secret = await make_restaurant(settings, stack, RID["r-two"])
     async with running_bridge(settings):
-        tablet = Device(stack.mosquitto_url, RID["r-two"], secret, "tablet")
-        pos = Device(stack.mosquitto_url, RID["r-two"], secret, "pos")
+        tablet = Device(env["url"], RID["r-two"], secret, "tablet")
+        pos = Device(env["url"], RID["r-two"], secret, "pos")
         await asyncio.to_thread(tablet.connect, 1)
         await asyncio.to_thread(pos.connect, 1)
         await tap.wait_for(RID["r-two"], "DEVICE_ONLINE", 2)
@@ -117,7 +119,7 @@ async def test_stale_then_revived_by_heartbeat(env: dict[str, Any], stack: Any) 
     settings, tap, service = env["settings"], env["tap"], env["service"]
     secret = await make_restaurant(settings, stack, RID["r-stale"])
     async with running_bridge(settings):
-        device = Device(stack.mosquitto_url, RID["r-stale"], secret)
+        device = Device(env["url"], RID["r-stale"], secret)
         await asyncio.to_thread(device.connect, 7)
         await tap.wait_for(RID["r-stale"], "STATUS_CHANGED")
         offline = await tap.wait_for(RID["r-stale"], "DEVICE_OFFLINE", timeout=10)
@@ -137,7 +139,7 @@ async def test_closed_restaurant_is_closed_even_when_connected(env: dict[str, An
     settings, tap, service = env["settings"], env["tap"], env["service"]
     secret = await make_restaurant(settings, stack, RID["r-closed"], hours=ALWAYS_CLOSED)
     async with running_bridge(settings):
-        device = Device(stack.mosquitto_url, RID["r-closed"], secret)
+        device = Device(env["url"], RID["r-closed"], secret)
         await asyncio.to_thread(device.connect, 1)
         await tap.wait_for(RID["r-closed"], "DEVICE_ONLINE")
         changed = await tap.wait_for(RID["r-closed"], "STATUS_CHANGED")
@@ -154,7 +156,7 @@ async def test_malformed_input_is_dead_lettered_and_the_next_message_counts(env:
     settings, tap = env["settings"], env["tap"]
     secret = await make_restaurant(settings, stack, RID["r-bad"])
     async with running_bridge(settings) as bridge:
-        device = Device(stack.mosquitto_url, RID["r-bad"], secret)
+        device = Device(env["url"], RID["r-bad"], secret)
         await asyncio.to_thread(device.connect, 1, False)
         bad = [b"not json", b'{"state": "dancing", "epoch": 1, "ts": 0}', b'{"state": "online"}', b"x" * 5000]
         for payload in bad:
@@ -185,7 +187,7 @@ async def test_malformed_input_is_dead_lettered_and_the_next_message_counts(env:
 async def test_bridge_restart_reconciles_from_retained_presence(env: dict[str, Any], stack: Any) -> None:
     settings, tap, service = env["settings"], env["tap"], env["service"]
     secrets = {rid: await make_restaurant(settings, stack, rid) for rid in (RID["r-keep"], RID["r-gone"])}
-    devices = {rid: Device(stack.mosquitto_url, rid, secret) for rid, secret in secrets.items()}
+    devices = {rid: Device(env["url"], rid, secret) for rid, secret in secrets.items()}
     for device in devices.values():
         await asyncio.to_thread(device.connect, 3)
     # No bridge ran while the devices came and one went: only the retained presence tells.
@@ -202,11 +204,11 @@ async def test_takeover_never_shows_a_false_offline(env: dict[str, Any], stack: 
     settings, tap, service = env["settings"], env["tap"], env["service"]
     secret = await make_restaurant(settings, stack, RID["r-take"])
     async with running_bridge(settings):
-        old = Device(stack.mosquitto_url, RID["r-take"], secret)
+        old = Device(env["url"], RID["r-take"], secret)
         await asyncio.to_thread(old.connect, 1)
         await tap.wait_for(RID["r-take"], "STATUS_CHANGED")
         for epoch in range(2, 52):
-            new = Device(stack.mosquitto_url, RID["r-take"], secret)
+            new = Device(env["url"], RID["r-take"], secret)
             await asyncio.to_thread(new.connect, epoch)  # same client id: the broker kicks `old`
             await asyncio.to_thread(old.abandon)
             old = new
