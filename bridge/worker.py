@@ -208,15 +208,9 @@ class Bridge:
 
     async def _apply_heartbeats(self, items: Sequence[tuple[Inbound, str, str, int]]) -> None:
         self.metrics.messages.labels("heartbeat").inc(len(items))
-        at = now_ms()
-        rows = [
-            (rid, did, epoch, Event(type=EventType.DEVICE_ONLINE, restaurant_id=rid, device_id=did, ts=from_ms(at),
-                                    data={"epoch": epoch, "cause": "heartbeat"}))
-            for _msg, rid, did, epoch in items
-        ]
-        results = await self.store.heartbeats(rows, at)
-        self.metrics.ignored.labels("heartbeat").inc(sum(1 for r in results if r.code == 0))
-        await self._after_transitions([(row[0], res) for row, res in zip(rows, results, strict=True)])
+        outcome = await self.store.heartbeats([(rid, did, epoch) for _msg, rid, did, epoch in items])
+        self.metrics.ignored.labels("heartbeat").inc(outcome.ignored)
+        await self._after_transitions(outcome.transitions)
 
     async def _after_transitions(self, results: Sequence[tuple[str, ScriptResult]]) -> None:
         """Publish each restaurant's device events in order, then settle its status once."""

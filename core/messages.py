@@ -1,6 +1,5 @@
 """Message contracts: device payloads (DESIGN.md §3) and platform events (§4)."""
 
-import json
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -36,27 +35,33 @@ class HeartbeatPayload(BaseModel):
     ts: int = Field(ge=0)
 
 
-def _load(payload: bytes, max_bytes: int) -> Any:
+def _check_size(payload: bytes, max_bytes: int) -> None:
     if len(payload) > max_bytes:
         raise InvalidMessage("oversized_payload", f"{len(payload)} bytes > {max_bytes}")
-    try:
-        return json.loads(payload)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise InvalidMessage("bad_json", str(exc)[:200]) from exc
+
+
+def _invalid(kind: str, exc: ValidationError) -> InvalidMessage:
+    first = exc.errors()[0]
+    if first["type"] in ("json_invalid", "json_type"):
+        return InvalidMessage("bad_json", first["msg"][:200])
+    where = ".".join(str(part) for part in first["loc"])
+    return InvalidMessage(kind, f"{where}: {first['msg']}"[:200])
 
 
 def parse_presence(payload: bytes, max_bytes: int = 1024) -> PresencePayload:
+    _check_size(payload, max_bytes)
     try:
-        return PresencePayload.model_validate(_load(payload, max_bytes), strict=False)
+        return PresencePayload.model_validate_json(payload, strict=True)
     except ValidationError as exc:
-        raise InvalidMessage("bad_presence", exc.errors()[0]["msg"]) from exc
+        raise _invalid("bad_presence", exc) from exc
 
 
 def parse_heartbeat(payload: bytes, max_bytes: int = 1024) -> HeartbeatPayload:
+    _check_size(payload, max_bytes)
     try:
-        return HeartbeatPayload.model_validate(_load(payload, max_bytes), strict=False)
+        return HeartbeatPayload.model_validate_json(payload, strict=True)
     except ValidationError as exc:
-        raise InvalidMessage("bad_heartbeat", exc.errors()[0]["msg"]) from exc
+        raise _invalid("bad_heartbeat", exc) from exc
 
 
 class EventType(StrEnum):

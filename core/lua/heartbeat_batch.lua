@@ -1,0 +1,55 @@
+-- Refresh last_seen for a batch of heartbeats in one call (one round trip for thousands of them).
+-- KEYS[1] heartbeat index (sorted set); KEYS[2..n+1] restaurant hashes, one per heartbeat.
+-- ARGV[1] now_ms, ARGV[2] now ISO-8601, ARGV[3] event id base (a UUID without its last 4 hex digits),
+-- ARGV[4] key prefix length; then per heartbeat i: ARGV[3+2i] device_id, ARGV[4+2i] epoch.
+-- Per heartbeat the (epoch, state) rule of DESIGN.md §3: an older or ended epoch is ignored; the live
+-- epoch refreshes last_seen; a newer epoch (birth still in flight, or Redis lost) counts as online.
+-- A heartbeat that makes a device connected again writes DEVICE_ONLINE to that restaurant's outbox in
+-- the same atomic step. All keys of one call must share a cluster slot (on a standalone Redis: any).
+-- Returns {ignored_count, i1, field1, event1, i2, ...} for the transitions.
+local now, now_iso, id_base, prefix_len = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local index = KEYS[1]
+local out = {0}
+for i = 1, #KEYS - 1 do
+  local key = KEYS[i + 1]
+  local did, epoch_s = ARGV[3 + 2 * i], ARGV[4 + 2 * i]
+  local epoch = tonumber(epoch_s)
+  local current = redis.call("HGET", key, "d:" .. did)
+  local accept, transition = true, false
+  if current then
+    local c_epoch, c_state, _, c_stale = string.match(current, "^(%d+)|(%a+)|(%d+)|(%d)$")
+    c_epoch = tonumber(c_epoch)
+    if epoch < c_epoch or (epoch == c_epoch and c_state == "offline") then
+      accept = false
+    elseif epoch > c_epoch then
+      transition = not (c_state == "online" and c_stale == "0")
+      redis.call("HSET", key, "d:" .. did, epoch_s .. "|online|" .. now .. "|0")
+    elseif c_stale == "1" then
+      transition = true
+      redis.call("HSET", key, "d:" .. did, epoch_s .. "|online|" .. now .. "|0")
+    end
+  else
+    transition = true
+    redis.call("HSET", key, "d:" .. did, epoch_s .. "|online|" .. now .. "|0")
+  end
+  if accept then
+    local rid = string.sub(key, prefix_len + 3)
+    redis.call("HSET", key, "l:" .. did, now)
+    redis.call("ZADD", index, now, rid .. "/" .. did)
+    if transition then
+      redis.call("HINCRBY", key, "v", 1)
+      local event_id = id_base .. string.format("%04x", i % 65536)
+      local field = "o:" .. string.format("%013d", tonumber(now)) .. ":" .. event_id
+      local event = '{"event_id":"' .. event_id .. '","type":"DEVICE_ONLINE","restaurant_id":"' .. rid ..
+        '","device_id":"' .. did .. '","ts":"' .. now_iso .. '","data":{"epoch":' .. epoch_s ..
+        ',"cause":"heartbeat"}}'
+      redis.call("HSET", key, field, event)
+      table.insert(out, i)
+      table.insert(out, field)
+      table.insert(out, event)
+    end
+  else
+    out[1] = out[1] + 1
+  end
+end
+return out
