@@ -13,7 +13,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from core.documents import Restaurant
 from core.hours import DayHours, OpeningHours
-from core.ids import client_id, heartbeat_topic, presence_topic
+from core.ids import client_id, heartbeat_topic, presence_topic, status_topic
 from core.mqtt_passwords import hash_password, upsert_password_entries
 from core.secrets import hash_secret, new_secret
 from core.settings import Settings
@@ -46,6 +46,7 @@ class Device:
         self.rid, self.did, self.secret = rid, did, secret
         self.client: mqtt.Client | None = None
         self.epoch = 0
+        self.statuses: list[dict[str, Any]] = []
 
     def connect(self, epoch: int, birth: bool = True) -> None:
         self.epoch = epoch
@@ -58,12 +59,14 @@ class Device:
         client.will_set(presence_topic(self.rid, self.did), offline, qos=1, retain=True)
         connected = threading.Event()
         client.on_connect = lambda c, u, f, rc, p: connected.set() if not rc.is_failure else None
+        client.on_message = lambda c, u, msg: self.statuses.append(json.loads(msg.payload))
         client.connect(self.host, self.port, keepalive=5)
         client.loop_start()
         if not connected.wait(10):
             client.loop_stop()
             raise AssertionError(f"{self.rid}:{self.did} could not connect")
         self.client = client
+        client.subscribe(status_topic(self.rid), qos=1)
         if birth:
             self.presence("online")
 
