@@ -34,4 +34,7 @@ class BridgeMetrics:
         self.reconcile_seconds = Gauge(
             "bridge_reconcile_seconds", "Time from start to convergence on retained presence", registry=r
         )
+        self.retries = Counter(
+            "bridge_batch_retries_total", "Batch retries while a backing service was away", registry=r
+        )
         self.stale_marked = Counter("bridge_stale_marked_total", "Devices marked stale by the sweep", registry=r)

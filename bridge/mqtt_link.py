@@ -179,6 +179,16 @@ class BrokerLink:
         if qos > 0:
             self._client.ack(mid, qos)
 
+    def begin_reconciliation(self) -> None:
+        """Read the retained presence again (Redis lost its state): a new SUBSCRIBE re-sends it."""
+        self.reconciling = True
+        self.reconcile_subscribed_at = None
+        options = SubscribeOptions(qos=1) if self.mqtt5 else None
+        if options is not None:
+            _, self._reconcile_mid = self._client.subscribe(PRESENCE_FILTER, options=options)
+        else:
+            _, self._reconcile_mid = self._client.subscribe(PRESENCE_FILTER, qos=1)
+
     def end_reconciliation(self) -> None:
         """Drop the plain presence subscription once the retained state is read (MQTT 5 only)."""
         self.reconciling = False

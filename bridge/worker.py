@@ -5,9 +5,14 @@ import logging
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
+from functools import partial
 
+import aio_pika.exceptions
+import aiormq.exceptions
+import pymongo.errors
+import redis.exceptions
 from paho.mqtt.client import MQTTMessageInfo
 from prometheus_client import start_http_server
 from redis.asyncio import Redis
@@ -30,8 +35,20 @@ logger = logging.getLogger(__name__)
 
 PresenceRow = tuple[Inbound, str, str, int, DeviceState, str | None]
 
+OUTAGES = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.BusyLoadingError,
+    aio_pika.exceptions.AMQPConnectionError,
+    aiormq.exceptions.AMQPError,
+    pymongo.errors.ConnectionFailure,
+    ConnectionError,
+    TimeoutError,
+)
+
 SETTLE_CONCURRENCY = 200
-QUIET_AFTER_RETAINED_S = 1.0  # no retained message for this long after SUBACK: the shard is read
+QUIET_AFTER_RETAINED_S = 1.0
+REDIS_WATCH_S = 1.0  # no retained message for this long after SUBACK: the shard is read
 
 
 class Bridge:
@@ -70,6 +87,7 @@ class Bridge:
             httpd, _ = start_http_server(self.settings.bridge_metrics_port, "127.0.0.1", self.metrics.registry)
             self.metrics_port = httpd.server_port
         try:
+            await self._mark_state()
             await self._recover_outbox()
             self.links = [
                 BrokerLink(url, i, self.settings, self.instance, self.handoff)
@@ -107,15 +125,16 @@ class Bridge:
             batch = await self.handoff.take(self.settings.heartbeat_batch_max, wait_s=self._next_wait())
             self.metrics.queue_depth.set(len(self.handoff))
             if batch:
-                await self._guarded(self._process(batch))
-            await self._guarded(self._release_wills())
+                await self._run_batch(partial(self._process, batch), batch)
+            if self._held_wills:
+                await self._run_batch(self._release_wills, [])
             await self._check_retained()
         # SIGTERM: stop taking new work from the brokers, then drain what paho already handed over.
         for link in self.links:
             await asyncio.to_thread(link.stop)
         while batch := await self.handoff.take(self.settings.heartbeat_batch_max, wait_s=0):
-            await self._guarded(self._process(batch))
-        await self._guarded(self._release_wills(everything=True))
+            await self._run_batch(partial(self._process, batch), batch)
+        await self._run_batch(partial(self._release_wills, everything=True), [])
         await self._check_retained(wait=True)
 
     def _next_wait(self) -> float:
@@ -128,17 +147,38 @@ class Bridge:
         now = time.monotonic()
         due = [row for at, row in self._held_wills if everything or at <= now]
         if due:
-            self._held_wills = [(at, row) for at, row in self._held_wills if not (everything or at <= now)]
             with self.metrics.batch_seconds.labels("presence").time():
                 await self._apply_presence(due)
+            self._held_wills = [(at, row) for at, row in self._held_wills if not (everything or at <= now)]
+            for row in due:
+                row[0].link.ack(row[0].mid, row[0].qos)
 
-    async def _guarded(self, work: "asyncio.Future[None] | object") -> None:
-        """A failing batch is logged and counted; the bridge goes on (its effects are idempotent)."""
-        try:
-            await work  # type: ignore[misc]
-        except Exception:
-            logger.exception("batch failed; unacked presence is redelivered by the broker")
-            self.metrics.invalid.labels("batch_error").inc()
+    async def _run_batch(self, work: Callable[[], Awaitable[None]], batch: list[Inbound]) -> None:
+        """Retry a batch while Redis, RabbitMQ or MongoDB is away; its effects are idempotent.
+
+        Meanwhile the hand-off fills and paho stops reading, so the brokers queue for the bridge
+        instead of anything being dropped. A failure that is not an outage is a bug: logged with its
+        traceback, counted, and the batch acknowledged so one poison batch cannot stall the bridge.
+        """
+        delay = 0.2
+        while True:
+            try:
+                await work()
+                break
+            except OUTAGES as exc:
+                self.metrics.retries.inc()
+                if delay == 0.2:
+                    logger.warning("a backing service is away (%s: %s); retrying the batch", type(exc).__name__, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            except Exception:
+                logger.exception("batch of %d failed; acknowledged so the bridge goes on", len(batch))
+                self.metrics.invalid.labels("batch_error").inc()
+                break
+        held = {id(row[0]) for _, row in self._held_wills}
+        for msg in batch:
+            if id(msg) not in held:
+                msg.link.ack(msg.mid, msg.qos)
 
     async def _process(self, batch: list[Inbound]) -> None:
         self.metrics.batch_size.observe(len(batch))
@@ -155,14 +195,12 @@ class Bridge:
                     beats.append((msg, topic.restaurant_id, topic.device_id, h.epoch))
             except InvalidMessage as exc:
                 await self.dead_letters.reject(msg.topic, msg.payload, exc.reason, exc.detail)
-                msg.link.ack(msg.mid, msg.qos)
         unknown = await self._unknown({rid for _, rid, *_ in presence} | {rid for _, rid, *_ in beats})
         if unknown:
             rejected = [(p[0], p[1]) for p in presence if p[1] in unknown]
             rejected += [(b[0], b[1]) for b in beats if b[1] in unknown]
             for bad, rid in rejected:
                 await self.dead_letters.reject(bad.topic, bad.payload, "unknown_restaurant", rid)
-                bad.link.ack(bad.mid, bad.qos)
             presence = [p for p in presence if p[1] not in unknown]
             beats = [b for b in beats if b[1] not in unknown]
         grace = self.settings.will_grace_s
@@ -203,8 +241,6 @@ class Bridge:
         results = await self.store.apply_presence(rows, at)
         self.metrics.ignored.labels("presence").inc(sum(1 for r in results if r.code == 0))
         await self._after_transitions([(row[0], res) for row, res in zip(rows, results, strict=True)])
-        for msg, *_ in items:
-            msg.link.ack(msg.mid, msg.qos)
 
     async def _apply_heartbeats(self, items: Sequence[tuple[Inbound, str, str, int]]) -> None:
         self.metrics.messages.labels("heartbeat").inc(len(items))
@@ -287,21 +323,43 @@ class Bridge:
                 logger.exception("stale sweep failed; retrying at the next tick")
 
     async def _convergence_loop(self) -> None:
-        """Say when every shard's retained presence has been read, then settle every restaurant."""
-        while not all(not link.reconciling for link in self.links):
-            await asyncio.sleep(0.1)
+        """Say when every shard's retained presence has been read; read it again if Redis loses it."""
+        started = self._started
+        while True:
+            while any(link.reconciling for link in self.links):
+                await asyncio.sleep(0.1)
+                for link in self.links:
+                    if not link.reconciling or link.reconcile_subscribed_at is None:
+                        continue
+                    quiet_since = max(link.last_retained_at, link.reconcile_subscribed_at)
+                    if time.monotonic() - quiet_since >= QUIET_AFTER_RETAINED_S and len(self.handoff) == 0:
+                        link.end_reconciliation()
+            await self._run_batch(self._settle_all, [])
+            elapsed = time.monotonic() - started
+            self.metrics.reconcile_seconds.set(elapsed)
+            self.metrics.converged.set(1)
+            self.converged.set()
+            logger.info("converged on retained presence of %d shard(s) in %.2f s", len(self.links), elapsed)
+            while await self._redis_holds_state():  # noqa: ASYNC110 - polling another server
+                await asyncio.sleep(REDIS_WATCH_S)
+            logger.warning("Redis lost the platform's state (restarted empty?); reconciling from retained presence")
+            started = time.monotonic()
+            self.converged.clear()
+            self.metrics.converged.set(0)
+            await self._run_batch(self._mark_state, [])
+            self._known.clear()
             for link in self.links:
-                if not link.reconciling or link.reconcile_subscribed_at is None:
-                    continue
-                quiet_since = max(link.last_retained_at, link.reconcile_subscribed_at)
-                if time.monotonic() - quiet_since >= QUIET_AFTER_RETAINED_S and len(self.handoff) == 0:
-                    link.end_reconciliation()
-        await self._settle_all()
-        elapsed = time.monotonic() - self._started
-        self.metrics.reconcile_seconds.set(elapsed)
-        self.metrics.converged.set(1)
-        self.converged.set()
-        logger.info("converged on retained presence of %d shard(s) in %.2f s", len(self.links), elapsed)
+                link.begin_reconciliation()
+
+    async def _mark_state(self) -> None:
+        await self.store.redis.set(f"{self.settings.redis_prefix}state", self.instance)
+
+    async def _redis_holds_state(self) -> bool:
+        """False only when Redis answers and the marker is gone; an unreachable Redis is not a loss yet."""
+        try:
+            return bool(await self.store.redis.exists(f"{self.settings.redis_prefix}state"))
+        except OUTAGES:
+            return True
 
     async def _settle_all(self) -> None:
         """Statuses may have moved while no bridge ran (devices, clock): one settle per restaurant."""

@@ -223,3 +223,28 @@ async def test_takeover_never_shows_a_false_offline(env: dict[str, Any], stack: 
         await asyncio.to_thread(old.stop)
 
 
+
+
+async def test_redis_restarted_empty_is_rebuilt_from_retained_presence(env: dict[str, Any], stack: Any) -> None:
+    settings, service = env["settings"], env["service"]
+    rid = f"r-lost-{uuid.uuid4().hex[:6]}"
+    secret = await make_restaurant(settings, stack, rid)
+    async with running_bridge(settings) as bridge:
+        device = Device(env["url"], rid, secret)
+        await asyncio.to_thread(device.connect, 4)
+        await wait_until(lambda: status_of(service, rid)(), 10)
+        await wait_until(lambda: _online(service, rid), 10, message="online before the loss")
+        redis = Redis.from_url(settings.redis_url)
+        async for key in redis.scan_iter(match=f"{settings.redis_prefix}*"):
+            await redis.delete(key)  # this test's whole namespace: Redis as if restarted empty
+        await redis.aclose()
+        await wait_until(lambda: not bridge.converged.is_set(), 10, message="loss never noticed")
+        await wait_until(bridge.converged.is_set, 20, message="never reconverged")
+        await wait_until(lambda: _online(service, rid), 10, message="online after the rebuild")
+        assert bridge.metrics.converged._value.get() == 1
+        await asyncio.to_thread(device.stop)
+
+
+async def _online(service: StatusService, rid: str) -> bool:
+    statuses, _ = await service.current([rid])
+    return bool(statuses and statuses[0].online)
