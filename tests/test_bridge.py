@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import aio_pika
+import httpx
 import pytest
 from redis.asyncio import Redis
 
@@ -183,7 +184,10 @@ async def test_malformed_input_is_dead_lettered_and_the_next_message_counts(env:
             assert sorted(reasons) == sorted(
                 ["bad_json", "bad_presence", "bad_presence", "oversized_payload", "bad_heartbeat"]
             )
-        assert bridge.metrics.invalid.labels("bad_json")._value.get() == 1
+        async with httpx.AsyncClient() as http:
+            scraped = (await http.get(f"http://127.0.0.1:{bridge.metrics_port}/metrics")).text
+        assert 'bridge_invalid_messages_total{reason="bad_json"} 1.0' in scraped
+        assert "bridge_batch_seconds_bucket" in scraped
         await asyncio.to_thread(device.stop)
 
 
