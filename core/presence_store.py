@@ -136,6 +136,13 @@ class PresenceStore:
             pipe.hincrby(key, "v", 1)
             await pipe.execute()
 
+    async def put_profiles(self, profiles: dict[str, str]) -> None:
+        """Mirror many new restaurants' profiles at once (provisioning); existing ones are kept."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for rid, profile in profiles.items():
+                pipe.hsetnx(self.key(rid), "p", profile)
+            await pipe.execute()
+
     async def apply_presence(
         self, events: Iterable[tuple[str, str, int, DeviceState, Event]], at_ms: int | None = None
     ) -> list[ScriptResult]:

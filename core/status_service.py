@@ -46,12 +46,12 @@ class StatusService:
     async def _from_mongo(self, restaurant_ids: list[str]) -> dict[str, str]:
         found: dict[str, str] = {}
         if len(restaurant_ids) <= POINT_LOOKUPS_UP_TO:
-            # FerretDB (SQLite) answers `$in` with a collection scan but uses the index for equality.
-            docs = await asyncio.gather(*(Restaurant.find_one({"restaurant_id": rid}) for rid in restaurant_ids))
+            # FerretDB (SQLite) uses an index only for `_id` equality; `$in` scans the collection.
+            docs = await asyncio.gather(*(Restaurant.get(rid) for rid in restaurant_ids))
             return {doc.restaurant_id: restaurant_profile(doc) for doc in docs if doc is not None}
         for start in range(0, len(restaurant_ids), 1000):
             chunk = restaurant_ids[start : start + 1000]
-            async for doc in Restaurant.find({"restaurant_id": {"$in": chunk}}):
+            async for doc in Restaurant.find({"_id": {"$in": chunk}}):
                 found[doc.restaurant_id] = restaurant_profile(doc)
         return found
 

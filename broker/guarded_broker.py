@@ -1,0 +1,85 @@
+"""amqtt's `Broker` with its CONNECT handling fixed where it breaks the device protocol.
+
+amqtt 0.12.1, when a CONNECT arrives:
+- drops (clean session) or takes over (persistent session) any existing session with the incoming
+  client id *before* asking the auth plugins: a wrong password could cut a device off;
+- with a clean session, leaves the old connection open next to the new one [MQTT-3.1.4-2];
+- with a persistent session, lets the old connection's clean-up mark the shared session
+  disconnected after the new one attached, so the new connection never receives anything.
+
+`GuardedBroker` authenticates first, then ends the old connection the way a lost connection ends
+(its will is published, as Mosquitto does on a takeover) and waits for that before it continues.
+The amqtt version is pinned (pyproject.toml) because this overrides a private method.
+"""
+
+import asyncio
+import logging
+
+from amqtt.adapters import ReaderAdapter, WriterAdapter
+from amqtt.broker import Broker
+from amqtt.errors import AMQTTError, MQTTError, NoDataError
+from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
+from amqtt.session import Session
+from amqtt.utils import gen_client_id
+
+logger = logging.getLogger(__name__)
+
+TAKEOVER_TIMEOUT_S = 5.0
+
+
+class GuardedBroker(Broker):
+    async def _initialize_client_session(
+        self, reader: ReaderAdapter, writer: WriterAdapter, remote_address: str, remote_port: int
+    ) -> tuple[BrokerProtocolHandler, Session]:
+        try:
+            handler, incoming = await BrokerProtocolHandler.init_from_connect(reader, writer, self.plugins_manager)
+        except (AMQTTError, MQTTError, NoDataError) as exc:
+            # amqtt has already answered a malformed CONNECT where it could; the caller logs and closes.
+            raise AMQTTError(f"bad CONNECT from {remote_address}:{remote_port}: {exc}") from exc
+
+        if not await self._authenticate(incoming, self.listeners_config["default"]):
+            handler.attach(incoming, reader, writer)
+            await handler.mqtt_connack_authorize(False)
+            await writer.close()
+            raise AMQTTError(f"refused client {incoming.client_id!r} from {remote_address}:{remote_port}")
+
+        client_id = incoming.client_id
+        existing = self._sessions[client_id][0] if client_id in self._sessions else None
+        if existing is not None and existing.transitions.is_connected():
+            await self._end_old_connection(client_id, existing)
+
+        session = incoming
+        if incoming.clean_session and not client_id:
+            incoming.client_id = gen_client_id()
+        elif existing is not None and not incoming.clean_session and not existing.clean_session:
+            session = existing  # resume its subscriptions and queued messages
+            # The new CONNECT brings its own will, keep-alive and credentials.
+            session.will_flag = incoming.will_flag
+            session.will_message = incoming.will_message
+            session.will_topic = incoming.will_topic
+            session.will_qos = incoming.will_qos
+            session.will_retain = incoming.will_retain
+            session.keep_alive = incoming.keep_alive
+            session.username = incoming.username
+            session.password = incoming.password
+        elif existing is not None:
+            await self._delete_session(client_id)  # nothing to resume
+        session.parent = 1 if session is existing else 0
+
+        delay = self.config.get("timeout-disconnect-delay", 0)
+        if session.keep_alive > 0 and isinstance(delay, int):
+            session.keep_alive += delay
+        return handler, session
+
+    async def _end_old_connection(self, client_id: str, session: Session) -> None:
+        """Close the connection that holds `client_id` as if it were lost, and wait until it is."""
+        _session, old_handler = self._sessions[client_id]
+        logger.info("client %r connected again: closing its previous connection", client_id)
+        # Its message loop sees a lost connection: publishes the will, stops, marks it disconnected.
+        await old_handler.handle_connection_closed()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + TAKEOVER_TIMEOUT_S
+        while session.transitions.is_connected():
+            if loop.time() > deadline:
+                raise AMQTTError(f"the previous connection of {client_id!r} did not close in time")
+            await asyncio.sleep(0.01)
