@@ -1,0 +1,79 @@
+"""Prometheus metrics of one app, in its own registry so several apps can live in one process."""
+
+import time
+
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+# A path that matched no route is counted under one label: raw paths would explode cardinality.
+UNMATCHED = "<unmatched>"
+
+
+class ApiMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "presence_api_requests",
+            "HTTP requests by route template, method and status code",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "presence_api_request_duration_seconds",
+            "HTTP request latency by route template and method",
+            ["method", "route"],
+            registry=self.registry,
+        )
+        self.status_ids = Histogram(
+            "presence_api_status_ids",
+            "Restaurant ids asked per status request",
+            buckets=(1, 10, 100, 1000, 5000, 10_000),
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def route_template(scope: Scope) -> str:
+    route = scope.get("route")
+    path = getattr(route, "path_format", None) or getattr(route, "path", None)
+    return path if isinstance(path, str) else UNMATCHED
+
+
+class MetricsMiddleware:
+    """Pure ASGI middleware: the router writes the matched route into the shared scope dict."""
+
+    def __init__(self, app: ASGIApp, metrics: ApiMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500  # what the client sees if the app raises before starting a response
+        started = time.perf_counter()
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = route_template(scope)
+            method = scope["method"]
+            self.metrics.requests.labels(method, route, str(status)).inc()
+            self.metrics.latency.labels(method, route).observe(time.perf_counter() - started)
+
+
+def install_metrics(app: FastAPI) -> ApiMetrics:
+    """Count every HTTP request of `app`; the `/metrics` route (routes/health.py) renders them."""
+    metrics = ApiMetrics()
+    app.state.metrics = metrics
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return metrics

@@ -1,0 +1,63 @@
+"""Bearer tokens: HS256 JWTs carrying `sub`, `role`, `exp` (and `restaurant_id` for restaurants)."""
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+import jwt
+
+from core.documents import Role
+from core.errors import PresenceError
+from core.messages import utc_now
+from core.settings import Settings
+
+
+class InvalidToken(PresenceError):
+    """A bearer token that is malformed, badly signed, expired or missing a claim."""
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: a restaurant (its own id only) or a sales/admin user."""
+
+    subject: str
+    role: Role
+    restaurant_id: str | None = None
+
+    def can_read(self, restaurant_id: str) -> bool:
+        return self.role is not Role.RESTAURANT or self.restaurant_id == restaurant_id
+
+
+def create_access_token(settings: Settings, principal: Principal) -> str:
+    now = utc_now()
+    claims: dict[str, object] = {
+        "sub": principal.subject,
+        "role": principal.role.value,
+        "iat": now,
+        "exp": now + timedelta(seconds=settings.token_ttl_s),
+    }
+    if principal.restaurant_id is not None:
+        claims["restaurant_id"] = principal.restaurant_id
+    return jwt.encode(claims, settings.jwt_secret, algorithm=settings.jwt_algorithm)
+
+
+def decode_access_token(settings: Settings, token: str) -> Principal:
+    """The principal of a valid token, or `InvalidToken` saying what is wrong with it."""
+    try:
+        claims = jwt.decode(
+            token,
+            settings.jwt_secret,
+            algorithms=[settings.jwt_algorithm],
+            options={"require": ["sub", "role", "exp"]},
+        )
+    except jwt.ExpiredSignatureError as exc:
+        raise InvalidToken("token expired") from exc
+    except jwt.InvalidTokenError as exc:
+        raise InvalidToken("invalid token") from exc
+    try:
+        role = Role(claims["role"])
+    except ValueError as exc:
+        raise InvalidToken("invalid token role") from exc
+    restaurant_id = claims.get("restaurant_id")
+    if role is Role.RESTAURANT and not isinstance(restaurant_id, str):
+        raise InvalidToken("restaurant token without restaurant_id")
+    return Principal(subject=str(claims["sub"]), role=role, restaurant_id=restaurant_id)
