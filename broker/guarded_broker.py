@@ -7,7 +7,13 @@ amqtt 0.12.1, when a CONNECT arrives:
 - with a persistent session, lets the old connection's clean-up mark the shared session
   disconnected after the new one attached, so the new connection never receives anything.
 
-`GuardedBroker` authenticates first, then ends the old connection the way a lost connection ends
+and, once connected, replays to the new client the retained messages matching *every* filter any
+client on the broker holds, with no permission check: one restaurant's device received another
+restaurant's retained presence (and the loop over the broker's subscriptions can fail with
+"dictionary changed size during iteration" when several clients connect at once).
+
+`GuardedBroker` replays retained messages only for filters the session itself holds, and
+authenticates first, then ends the old connection the way a lost connection ends
 (its will is published, as Mosquitto does on a takeover) and waits for that before it continues.
 The amqtt version is pinned (pyproject.toml) because this overrides a private method.
 """
@@ -83,3 +89,15 @@ class GuardedBroker(Broker):
             if loop.time() > deadline:
                 raise AMQTTError(f"the previous connection of {client_id!r} did not close in time")
             await asyncio.sleep(0.01)
+
+    async def _publish_retained_messages_for_subscription(
+        self, subscription: tuple[str, int], session: Session
+    ) -> None:
+        # amqtt calls this after a SUBSCRIBE (the session holds the filter by then) and, on every
+        # CONNECT, for every filter of every client. Returning without awaiting anything for filters
+        # that are not the session's also keeps amqtt's loop over its subscriptions from being
+        # interleaved with other connections' subscribes.
+        holders = self._subscriptions.get(subscription[0], ())
+        if not any(holder.client_id == session.client_id for holder, _ in holders):
+            return
+        await super()._publish_retained_messages_for_subscription(subscription, session)

@@ -382,3 +382,21 @@ def test_a_filter_within_another_matches_no_more_topics(topic: str, narrow: str,
 def test_a_topic_as_filter_matches_itself(topic: str) -> None:
     assert topic_matches(topic, topic)
     assert filter_within(topic, topic)
+
+
+async def test_a_new_connection_gets_no_retained_message_it_did_not_subscribe_to(
+    broker_url: str, clients: Clients, restaurants: dict[str, str]
+) -> None:
+    # amqtt 0.12.1 replays, on every CONNECT, the retained messages of every filter any client holds.
+    a, b = ids(restaurants)
+    platform = await clients.platform(broker_url)
+    assert [code.is_failure for code in await platform.subscribe("restaurants/#")] == [False]
+    writer = await clients.restaurant(broker_url, b, restaurants[b])
+    assert await writer.publish(presence_topic(b, "tablet"), b"b-presence", retain=True)
+    await wait_until(lambda: platform.received(presence_topic(b, "tablet")))
+    device = await clients.restaurant(broker_url, a, restaurants[a], "pos")
+    assert [code.is_failure for code in await device.subscribe(status_topic(a))] == [False]
+    assert await platform.publish(status_topic(a), b"a-live")
+    await wait_until(lambda: device.received(status_topic(a), b"a-live"))
+    assert {t for t, _p, _r in device.messages} == {status_topic(a)}
+    await writer.publish(presence_topic(b, "tablet"), b"", retain=True)
