@@ -1,6 +1,10 @@
 """The bridge end to end on real Mosquitto, Redis, RabbitMQ and FerretDB."""
 
 import asyncio
+import json
+import os
+import signal
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -252,3 +256,37 @@ async def test_redis_restarted_empty_is_rebuilt_from_retained_presence(env: dict
 async def _online(service: StatusService, rid: str) -> bool:
     statuses, _ = await service.current([rid])
     return bool(statuses and statuses[0].online)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The PRESENCE_* environment that makes a child process see these settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PRESENCE_")}
+    for name, value in settings.model_dump(mode="json").items():
+        env[f"PRESENCE_{name.upper()}"] = json.dumps(value) if isinstance(value, list) else str(value)
+    return env
+
+
+async def test_python_m_bridge_converges_and_drains_on_sigterm(settings: Settings, stack: Any) -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bridge", "--instance", f"sigterm-{uuid.uuid4().hex[:6]}",
+        env=settings_env(settings.model_copy(update={"bridge_metrics_port": 0})),
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stderr is not None
+    lines: list[str] = []
+
+    async def read_until(text: str) -> None:
+        while not any(text in line for line in lines):
+            line = await process.stderr.readline()  # type: ignore[union-attr]
+            assert line, f"bridge exited before logging {text!r}: {lines}"
+            lines.append(line.decode())
+
+    try:
+        await asyncio.wait_for(read_until("converged on retained presence"), 30)
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(read_until("stopped"), 20)
+        assert await asyncio.wait_for(process.wait(), 10) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
