@@ -1,189 +1,48 @@
-"""One class per real server, each run as a subprocess on a loopback port with its files in one directory.
+"""One class per real server (Redis, RabbitMQ, FerretDB, Mosquitto, amqtt) on a loopback port.
 
-`start()` only launches; `wait_ready()` polls until the server answers, so several servers can boot
-at once (RabbitMQ's ~6 s dominates). `stop()` terminates by PID and kills after a timeout.
+Each keeps its files in one directory; see `stack.process.Service` for the start/stop contract.
 """
 
-import base64
-import contextlib
 import getpass
-import logging
 import os
-import random
 import signal
 import socket
-import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 from core.errors import ServiceUnavailable
 from stack.mosquitto_config import local_conf, mosquitto_acl
+from stack.process import (
+    LOOPBACK,
+    REPO_ROOT,
+    Service,
+    ServiceStartError,
+    child_processes,
+    free_port,
+    free_ports,
+    poll,
+    port_accepts,
+    start_all,
+    stop_all,
+    websocket_accepts,
+)
 
-logger = logging.getLogger(__name__)
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-LOOPBACK = "127.0.0.1"
-
-
-class ServiceStartError(ServiceUnavailable):
-    """A server exited or did not answer in time; the message carries the end of its log."""
-
-
-def free_port() -> int:
-    return free_ports(1)[0]
-
-
-# Below Linux's ephemeral range (32768–60999): a port the kernel hands out for outgoing connections
-# (hundreds a second while tests run) could otherwise be taken between choosing it and the server binding it.
-PRIVATE_PORTS = range(20000, 32768)
-
-
-def free_ports(count: int) -> list[int]:
-    """Distinct free loopback ports: all sockets stay bound until every port is chosen."""
-    sockets: list[socket.socket] = []
-    rng = random.SystemRandom()
-    try:
-        while len(sockets) < count:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            try:
-                sock.bind((LOOPBACK, rng.choice(PRIVATE_PORTS)))
-            except OSError:
-                sock.close()
-                continue
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def port_accepts(port: int, host: str = LOOPBACK, timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def websocket_accepts(port: int, host: str = LOOPBACK, timeout: float = 0.5) -> bool:
-    """True when an MQTT-over-WebSocket upgrade succeeds (a bare TCP probe logs tracebacks in amqtt)."""
-    key = base64.b64encode(os.urandom(16)).decode()
-    request = (
-        f"GET /mqtt HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n"
-    )
-    try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
-            sock.sendall(request.encode())
-            return sock.recv(12).startswith(b"HTTP/1.1 101")
-    except OSError:
-        return False
-
-
-def poll(check: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if check():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
-
-
-class Service:
-    """A server process: launched by `start()`, answering after `wait_ready()`, ended by `stop()`."""
-
-    name = "service"
-    start_timeout = 30.0
-
-    def __init__(self, data_dir: Path, port: int) -> None:
-        self.data_dir = Path(data_dir).resolve()
-        self.log_dir = self.data_dir
-        self.port = port
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def log_file(self) -> Path:
-        return self.log_dir / f"{self.name}.log"
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process else None
-
-    def command(self) -> list[str]:
-        raise NotImplementedError
-
-    def env(self) -> dict[str, str]:
-        return dict(os.environ)
-
-    def cwd(self) -> Path:
-        return self.data_dir
-
-    def prepare(self) -> None:
-        """Write config files before launch."""
-
-    def ready(self) -> bool:
-        return port_accepts(self.port)
-
-    def start(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.prepare()
-        with self.log_file.open("ab") as log:
-            # A new session: Ctrl-C in the terminal reaches only our supervisor, which then stops
-            # the servers in order instead of every process dying at once.
-            self.process = subprocess.Popen(
-                self.command(),
-                cwd=self.cwd(),
-                env=self.env(),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        logger.info("started %s (pid %s) on port %s", self.name, self.process.pid, self.port)
-
-    def wait_ready(self, timeout: float | None = None) -> None:
-        limit = self.start_timeout if timeout is None else timeout
-
-        def answered() -> bool:
-            if self.process is None or self.process.poll() is not None:
-                raise ServiceStartError(f"{self.name} exited during start-up:\n{self.log_tail()}")
-            return self.ready()
-
-        if not poll(answered, limit):
-            raise ServiceStartError(f"{self.name} did not answer on port {self.port} in {limit}s:\n{self.log_tail()}")
-        logger.info("%s is ready on port %s", self.name, self.port)
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    def signal_pid(self) -> int | None:
-        """The process that must receive SIGTERM (a wrapper script may not forward it)."""
-        return self.pid
-
-    def stop(self, timeout: float = 15.0) -> None:
-        process = self.process
-        if process is None or process.poll() is not None:
-            return
-        target = self.signal_pid() or process.pid
-        try:
-            os.kill(target, signal.SIGTERM)
-            process.wait(timeout)
-        except ProcessLookupError:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            logger.warning("%s did not stop in %ss; killing pid %s", self.name, timeout, target)
-            for pid in {target, process.pid}:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            process.wait(5)
-        logger.info("stopped %s (pid %s)", self.name, process.pid)
+__all__ = [
+    "LOOPBACK",
+    "REPO_ROOT",
+    "Amqtt",
+    "FerretDB",
+    "Mosquitto",
+    "RabbitMQ",
+    "Redis",
+    "Service",
+    "ServiceStartError",
+    "free_port",
+    "free_ports",
+    "port_accepts",
+    "start_all",
+    "stop_all",
+]
 
 
 class Redis(Service):
@@ -265,13 +124,20 @@ class RabbitMQ(Service):
         except OSError:
             return False
 
+    def beam_pid(self) -> int | None:
+        """The Erlang VM: the script's `beam.smp` child, once the script has started it."""
+        if self.pid is None:
+            return None
+        for child in child_processes(self.pid):
+            if child.name == "beam.smp":
+                return child.pid
+        return None
+
     def signal_pid(self) -> int | None:
-        # The Debian script runs beam as its child and does not forward signals; beam writes its
-        # PID here and shuts down cleanly on SIGTERM, after which the script exits too.
-        try:
-            return int(self.pid_file.read_text().strip())
-        except (OSError, ValueError):
-            return self.pid
+        # The Debian script runs beam as its child and does not forward signals; beam shuts down
+        # cleanly on SIGTERM, after which the script exits too. Before beam exists, the script
+        # itself is the one to stop.
+        return self.beam_pid() or self.pid
 
     @property
     def url(self) -> str:
@@ -446,24 +312,3 @@ class Amqtt(Service):
     @property
     def ws_url(self) -> str:
         return f"ws://{LOOPBACK}:{self.ws_port}"
-
-
-def start_all(services: list[Service], timeout: float | None = None) -> None:
-    """Launch every service, then wait for each; on any failure stop those already launched."""
-    try:
-        for service in services:
-            service.start()
-        for service in services:
-            service.wait_ready(timeout)
-    except BaseException:
-        stop_all(services)
-        raise
-
-
-def stop_all(services: list[Service]) -> None:
-    """Stop in reverse order of start; one that fails to stop does not keep the others running."""
-    for service in reversed(services):
-        try:
-            service.stop()
-        except Exception:
-            logger.exception("could not stop %s (pid %s)", service.name, service.pid)

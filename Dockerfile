@@ -1,0 +1,30 @@
+# The platform's Python image: the API, the bridge and the `presence` console script (compose.yaml).
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+
+# The uid of the eclipse-mosquitto image's `mosquitto` user: the password file the platform writes
+# (mode 0600, shared volume) must be readable by the broker.
+RUN useradd --system --uid 1883 --home-dir /app presence \
+    && mkdir -p /app/var /mosquitto/auth \
+    && chown presence:presence /app/var /mosquitto/auth
+
+COPY pyproject.toml ./
+COPY core ./core
+COPY broker ./broker
+COPY bridge ./bridge
+COPY api ./api
+COPY client_sim ./client_sim
+COPY stack ./stack
+COPY bench ./bench
+# Editable: data files next to the code (Lua scripts, pages) are used where they are.
+RUN pip install -e .
+
+USER presence
+EXPOSE 8000
+CMD ["uvicorn", "--factory", "api.main:create_app", "--host", "0.0.0.0", "--port", "8000"]

@@ -1,0 +1,22 @@
+# One entry point per task; every target installs what it needs first (quickly when it is there).
+PYTHON := .venv/bin/python
+SOURCES := core broker bridge api client_sim stack bench tests
+
+.PHONY: install run test lint bench
+
+install:
+	bash scripts/install.sh
+
+# `make run ARGS="--broker amqtt"` passes options to `python -m stack run`.
+run: install
+	$(PYTHON) -m stack run $(ARGS)
+
+lint: install
+	$(PYTHON) -m ruff check $(SOURCES)
+	$(PYTHON) -m mypy
+
+test: lint
+	$(PYTHON) -m pytest
+
+bench: install
+	$(PYTHON) -m bench

@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Installs what the platform and its tests need; idempotent and quick when all is in place.
+#   - Debian packages: mosquitto, mosquitto-clients, redis-server, rabbitmq-server
+#   - .venv with the project and its dev extras (re-installed only when pyproject.toml changes)
+#   - .tools/ferretdb: FerretDB v1.24.2 built from its Go module (SQLite backend, no PostgreSQL)
+# Usage: scripts/install.sh [apt] [venv] [ferretdb]   (no argument: all three)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+FERRETDB_MODULE="github.com/FerretDB/FerretDB"
+FERRETDB_VERSION="v1.24.2"
+APT_PACKAGES=(mosquitto mosquitto-clients redis-server rabbitmq-server)
+
+log() { printf 'install: %s\n' "$*" >&2; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+install_apt_packages() {
+    local missing=() pkg
+    for pkg in "${APT_PACKAGES[@]}"; do
+        if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+            missing+=("$pkg")
+        fi
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    log "installing Debian packages: ${missing[*]}"
+    # The servers are started by the platform itself on its own ports and data directories; a
+    # system service started by the package would hold 1883/6379/5672. Where the machine has no
+    # policy saying otherwise, forbid service starts for the duration of the install.
+    local policy=/usr/sbin/policy-rc.d added_policy=""
+    if [ ! -e "$policy" ]; then
+        as_root sh -c "printf '#!/bin/sh\nexit 101\n' > $policy && chmod 755 $policy"
+        added_policy=1
+    fi
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    if [ -n "$added_policy" ]; then as_root rm -f "$policy"; fi
+}
+
+find_python() {
+    local candidate
+    for candidate in python3.11 python3; do
+        if command -v "$candidate" >/dev/null 2>&1 \
+            && "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then
+            command -v "$candidate"
+            return 0
+        fi
+    done
+    log "Python 3.11 is required (pyproject.toml: requires-python >=3.11,<3.12)"
+    return 1
+}
+
+install_venv() {
+    local stamp=.venv/.install-stamp want
+    want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+    if [ -x .venv/bin/python ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+        return 0
+    fi
+    if [ ! -x .venv/bin/python ]; then
+        log "creating .venv"
+        "$(find_python)" -m venv .venv
+    fi
+    log "installing the project into .venv (pip install -e '.[dev]')"
+    .venv/bin/python -m pip install -q --upgrade pip
+    .venv/bin/python -m pip install -q -e '.[dev]'
+    echo "$want" > "$stamp"
+}
+
+install_ferretdb() {
+    local target=.tools/ferretdb
+    # Read the whole output first: `| grep -q` would end the pipe early and, with pipefail, fail.
+    if [ -x "$target" ] && [[ "$("$target" --version 2>/dev/null || true)" == *"version: $FERRETDB_VERSION"* ]]; then
+        return 0
+    fi
+    command -v go >/dev/null 2>&1 || { log "Go is needed to build FerretDB"; return 1; }
+    log "building FerretDB $FERRETDB_VERSION into $target (about a minute)"
+    local module_dir build_dir
+    module_dir="$(go mod download -json "$FERRETDB_MODULE@$FERRETDB_VERSION" \
+        | python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')"
+    build_dir="$(mktemp -d "${TMPDIR:-/tmp}/ferretdb-build.XXXXXX")"
+    # The module cache is read-only; build from a writable copy.
+    cp -r "$module_dir/." "$build_dir/"
+    chmod -R u+w "$build_dir"
+    # The module zip lacks this generated file, without which the binary panics at start.
+    echo "$FERRETDB_VERSION" > "$build_dir/build/version/version.txt"
+    mkdir -p .tools
+    local out="$PWD/$target.tmp"
+    (cd "$build_dir" && GOFLAGS=-buildvcs=false go build -o "$out" ./cmd/ferretdb)
+    mv "$target.tmp" "$target"
+    rm -rf "$build_dir"
+    log "built $("$target" --version | sed -n 1p)"
+}
+
+# Steps to run: all by default, or some of `apt venv ferretdb` as arguments.
+steps=("$@")
+[ ${#steps[@]} -eq 0 ] && steps=(apt venv ferretdb)
+for step in "${steps[@]}"; do
+    case "$step" in
+        apt) install_apt_packages ;;
+        venv) install_venv ;;
+        ferretdb) install_ferretdb ;;
+        *) log "unknown step '$step' (expected apt, venv or ferretdb)"; exit 2 ;;
+    esac
+done
