@@ -1,4 +1,11 @@
 # The platform's Python image: the API, the bridge and the `presence` console script (compose.yaml).
+
+# Front-end packages (swagger-ui and the pages' libraries) come from npm and are served by the API.
+FROM node:20-slim AS web
+WORKDIR /web
+COPY web/package.json web/package-lock.json ./
+RUN npm ci --ignore-scripts --no-audit --no-fund
+
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -22,6 +29,7 @@ COPY api ./api
 COPY client_sim ./client_sim
 COPY stack ./stack
 COPY bench ./bench
+COPY --from=web /web/node_modules ./web/node_modules
 # Editable: data files next to the code (Lua scripts, pages) are used where they are.
 RUN pip install -e .
 

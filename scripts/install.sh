@@ -3,7 +3,8 @@
 #   - Debian packages: mosquitto, mosquitto-clients, redis-server, rabbitmq-server
 #   - .venv with the project and its dev extras (re-installed only when pyproject.toml changes)
 #   - .tools/ferretdb: FerretDB v1.24.2 built from its Go module (SQLite backend, no PostgreSQL)
-# Usage: scripts/install.sh [apt] [venv] [ferretdb]   (no argument: all three)
+#   - web/node_modules: front-end packages the API serves itself (npm ci)
+# Usage: scripts/install.sh [apt] [venv] [ferretdb] [web]   (no argument: all four)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -93,14 +94,29 @@ install_ferretdb() {
     log "built $("$target" --version | sed -n 1p)"
 }
 
-# Steps to run: all by default, or some of `apt venv ferretdb` as arguments.
+install_web() {
+    # Front-end packages the API serves from local files (no CDN); re-installed when the lock changes.
+    local stamp=web/node_modules/.install-stamp want
+    want="$(sha256sum web/package-lock.json | cut -d' ' -f1)"
+    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+        return 0
+    fi
+    command -v npm >/dev/null 2>&1 || { log "npm is needed for the web packages"; return 1; }
+    log "installing web packages (npm ci)"
+    # No install scripts: the pages need the packages' files only, and some scripts phone home.
+    npm ci --prefix web --ignore-scripts --no-audit --no-fund --loglevel=error
+    echo "$want" > "$stamp"
+}
+
+# Steps to run: all by default, or some of `apt venv ferretdb web` as arguments.
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(apt venv ferretdb)
+[ ${#steps[@]} -eq 0 ] && steps=(apt venv ferretdb web)
 for step in "${steps[@]}"; do
     case "$step" in
         apt) install_apt_packages ;;
         venv) install_venv ;;
         ferretdb) install_ferretdb ;;
-        *) log "unknown step '$step' (expected apt, venv or ferretdb)"; exit 2 ;;
+        web) install_web ;;
+        *) log "unknown step '$step' (expected apt, venv, ferretdb or web)"; exit 2 ;;
     esac
 done

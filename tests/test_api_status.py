@@ -1,5 +1,6 @@
 """Status endpoints over real Redis facts, plus /healthz, /readyz, /metrics and the OpenAPI document."""
 
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -249,3 +250,8 @@ async def test_openapi_documents_the_api(client: httpx.AsyncClient) -> None:
     docs = await client.get("/docs")
     assert docs.status_code == 200
     assert "/openapi.json" in docs.text
+    # Every script and style of the page is served by the API itself: no CDN is reachable.
+    assets = re.findall(r'(?:src|href)="([^"]+)"', docs.text)
+    assert assets and all(url.startswith("/static/") for url in assets), assets
+    for url in assets:
+        assert (await client.get(url)).status_code == 200, url
