@@ -10,11 +10,12 @@ import os
 import secrets
 import threading
 import uuid
-from collections.abc import Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
 
 from core.settings import Settings
 from stack.backends import BackendPorts, Backends
@@ -129,3 +130,13 @@ def settings(stack: Backends, tmp_path: Path) -> Iterator[Settings]:
     )
     yield test_settings
     run_in_thread(drop_namespace(test_settings))
+
+
+@pytest.fixture
+async def app(settings: Settings) -> AsyncIterator[FastAPI]:
+    """The API with its lifespan running (Redis, MongoDB, RabbitMQ open) against this test's namespace."""
+    from api.main import create_app
+
+    api = create_app(settings)
+    async with api.router.lifespan_context(api):
+        yield api

@@ -19,9 +19,8 @@ from core.secrets import hash_secret, new_secret
 from core.settings import Settings
 from tests.helpers import wait_until
 
-ALWAYS_OPEN = OpeningHours(**{d: DayHours(open="00:00", close="00:00") for d in  # type: ignore[arg-type]
-                              ("mon", "tue", "wed", "thu", "fri", "sat", "sun")})
-ALWAYS_CLOSED = OpeningHours(mon=None, tue=None, wed=None, thu=None, fri=None, sat=None, sun=None)
+ALWAYS_OPEN = OpeningHours(**{day: DayHours(open="00:00", close="00:00") for day in OpeningHours.model_fields})
+ALWAYS_CLOSED = OpeningHours(**dict.fromkeys(OpeningHours.model_fields))
 
 
 async def make_restaurant(

@@ -7,21 +7,11 @@ import jwt
 import pytest
 from fastapi import FastAPI
 
-from api.main import create_app
 from api.security import Principal, create_access_token
 from core.documents import Restaurant, Role, User
-from core.hours import DayHours, OpeningHours
 from core.secrets import hash_secret
 from core.settings import Settings
-
-ALWAYS_OPEN = OpeningHours(**{day: DayHours(open="00:00", close="00:00") for day in OpeningHours.model_fields})
-
-
-@pytest.fixture
-async def app(settings: Settings) -> AsyncIterator[FastAPI]:
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        yield app
+from tests.devices import ALWAYS_OPEN
 
 
 @pytest.fixture

@@ -11,22 +11,13 @@ from fastapi import FastAPI
 from api.main import create_app
 from api.security import Principal, create_access_token
 from core.documents import Restaurant, Role
-from core.hours import DayHours, OpeningHours
+from core.hours import OpeningHours
 from core.messages import DeviceState, Event, EventType
 from core.presence_store import PresenceStore
 from core.settings import Settings
 from stack.services import Redis as RedisServer
 from stack.services import free_port
-
-ALWAYS_OPEN = OpeningHours(**{day: DayHours(open="00:00", close="00:00") for day in OpeningHours.model_fields})
-NEVER_OPEN = OpeningHours(**dict.fromkeys(OpeningHours.model_fields))
-
-
-@pytest.fixture
-async def app(settings: Settings) -> AsyncIterator[FastAPI]:
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        yield app
+from tests.devices import ALWAYS_CLOSED, ALWAYS_OPEN
 
 
 @pytest.fixture
@@ -89,7 +80,7 @@ async def test_will_makes_it_disconnected(client: httpx.AsyncClient, store: Pres
 async def test_outside_opening_hours_is_closed_even_when_connected(
     client: httpx.AsyncClient, store: PresenceStore
 ) -> None:
-    await add_restaurant("r-closed", hours=NEVER_OPEN)
+    await add_restaurant("r-closed", hours=ALWAYS_CLOSED)
     await birth(store, "r-closed")
 
     body = (await client.get("/restaurants/r-closed/status")).json()
@@ -114,7 +105,7 @@ async def test_batch_reports_unknown_ids_and_collapses_duplicates(
     client: httpx.AsyncClient, store: PresenceStore
 ) -> None:
     await add_restaurant("r-a")
-    await add_restaurant("r-b", hours=NEVER_OPEN)
+    await add_restaurant("r-b", hours=ALWAYS_CLOSED)
     await birth(store, "r-a")
 
     by_query = await client.get("/restaurants/status", params={"ids": "r-b, r-ghost,r-a,r-b,"})
