@@ -1,0 +1,130 @@
+"""`python -m bench [ingest|birth|all] [--quick]`: the benchmarks, each on private servers, then a table.
+
+ingest  heartbeats/s through one bridge process (goal ≥ 25,000/s) against the naive baseline bridge
+birth   p50/p99 from a device's birth to its restaurant being online in the API
+"""
+
+import argparse
+import dataclasses
+import logging
+import signal
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+
+from bench.birth_latency import birth_benchmark
+from bench.harness import Machine
+from bench.ingest import IngestConfig, ingest_benchmark
+from bench.load import publisher_count
+from bench.profiling import summarise
+from bench.report import Row, birth_rows, ingest_rows, render, save
+from stack.process import REPO_ROOT
+
+GOAL_HEARTBEATS_PER_S = 25_000.0
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+FULL = {"devices": 6000, "duration": 30.0, "births": 300, "drain": 120.0}
+QUICK = {"devices": 2000, "duration": 10.0, "births": 100, "drain": 30.0}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("which", nargs="?", choices=["all", "ingest", "birth"], default="all")
+    parser.add_argument("--quick", action="store_true", help="reduced sizes: all of it in under two minutes")
+    parser.add_argument("--devices", type=int, help="ingest: devices (= restaurants), one connection each")
+    parser.add_argument("--duration", type=float, help="ingest: seconds of heartbeats")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=GOAL_HEARTBEATS_PER_S,
+        help="ingest: heartbeats/s offered in total (0 = as fast as the publishers can)",
+    )
+    parser.add_argument("--publishers", type=int, default=publisher_count(), help="ingest: publisher processes")
+    parser.add_argument("--naive-concurrency", type=int, default=100, help="ingest: baseline's messages in flight")
+    parser.add_argument("--mqtt-protocol", default="auto", help="ingest: the bridge's mqtt_protocol setting")
+    parser.add_argument("--births", type=int, help="birth: measured births (after one warm-up round)")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="ingest: run the bridge under cProfile, one file per thread in DIR (slows it down)",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the servers' data and logs (paths are printed)")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="results as JSON (default bench-results/<time>.json)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every server start and stop")
+    return parser.parse_args(argv)
+
+
+class Interrupted(BaseException):
+    """SIGTERM or Ctrl-C: unwinds through every `finally`, so each server and process is stopped by PID."""
+
+
+def _terminate(signum: int, _frame: FrameType | None) -> None:
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format=LOG_FORMAT)
+    logging.getLogger("bench").setLevel(logging.INFO)
+    if args.verbose:
+        logging.getLogger("stack").setLevel(logging.INFO)
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, _terminate)
+    sizes = QUICK if args.quick else FULL
+    machine = Machine.read()
+    started = datetime.now(UTC)
+    meta: dict[str, object] = {
+        "command": " ".join(["python -m bench", *sys.argv[1:]]) if argv is None else " ".join(argv),
+        "machine": machine.describe(),
+        "date": started.isoformat(timespec="seconds"),
+    }
+    print(f"bench: {meta['date']} on {meta['machine']}", file=sys.stderr)
+    rows: list[Row] = []
+    raw: dict[str, object] = {}
+    t0 = time.monotonic()
+    if args.which in ("all", "ingest"):
+        config = IngestConfig(
+            devices=args.devices or int(sizes["devices"]),
+            publishers=args.publishers,
+            duration_s=args.duration or float(sizes["duration"]),
+            rate=args.rate,
+            drain_timeout_s=float(sizes["drain"]),
+            naive_concurrency=args.naive_concurrency,
+        )
+        overrides: dict[str, object] = {} if args.mqtt_protocol == "auto" else {"mqtt_protocol": args.mqtt_protocol}
+        print(f"bench: ingest with {config}", file=sys.stderr)
+        bridge, naive = ingest_benchmark(config, args.profile, overrides, args.keep)
+        rows += ingest_rows(config, bridge, naive, GOAL_HEARTBEATS_PER_S)
+        raw["ingest"] = {"config": dataclasses.asdict(config), "bridge": dataclasses.asdict(bridge),
+                         "naive": dataclasses.asdict(naive)}  # fmt: skip
+    if args.which in ("all", "birth"):
+        births = args.births or int(sizes["births"])
+        print(f"bench: birth latency over {births} births", file=sys.stderr)
+        result = birth_benchmark(births, args.keep)
+        rows += birth_rows(result)
+        raw["birth"] = dataclasses.asdict(result)
+    meta["seconds"] = round(time.monotonic() - t0, 1)
+    print()
+    print(f"{meta['command']}  —  {meta['date']}  —  {meta['machine']}  —  {meta['seconds']} s")
+    print(render(rows))
+    out = args.json or REPO_ROOT / "bench-results" / f"{started.strftime('%Y%m%dT%H%M%SZ')}.json"
+    save(out, meta, rows, raw)
+    print(f"\nresults saved to {out}", file=sys.stderr)
+    if args.profile:
+        for path in sorted(args.profile.glob("*.prof")):
+            if path.name == "main.prof" or path.name.startswith("paho"):
+                print(f"\n--- {path.name}: most own time\n{summarise(path, 15)}")
+        print(f"profiles of every thread of the bridge in {args.profile} (python -m pstats FILE)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except Interrupted as stop:
+        print(f"bench: {stop}: stopped; every server and process it started has been stopped", file=sys.stderr)
+        sys.exit(130)
