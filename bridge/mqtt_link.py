@@ -1,9 +1,21 @@
-"""One MQTT connection of the bridge to one broker shard (paho-mqtt, network loop in its own thread)."""
+"""One MQTT connection of the bridge to one broker shard, driven by the asyncio loop.
 
+paho runs without a network thread: its socket sits in the loop's selector and the loop calls
+`loop_read` / `loop_write` / `loop_misc` (paho's external-loop API). A paho thread would share the
+GIL with the loop and hand it back and forth on every message, which capped one bridge near 17k
+heartbeats/s (docs/benchmarks.md); on the loop the callbacks run where the batches are made.
+Only the blocking TCP connect runs in a worker thread, so the socket callbacks it triggers hop back
+to the loop through `call_soon_threadsafe`.
+"""
+
+import asyncio
 import logging
+import random
+import socket
 import threading
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -13,19 +25,21 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from bridge.handoff import HandOff
+from bridge.inbox import Inbox
 from core.ids import HEARTBEAT_FILTER, PRESENCE_FILTER
 from core.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 CONNACK_TIMEOUT_S = 3.0
-
+READ_PACKETS = 500  # packets per readable socket event: one selector wake-up for many heartbeats
+MISC_INTERVAL_S = 1.0
+BACKOFF_MIN_S, BACKOFF_MAX_S = 0.5, 30.0
 
 
 @dataclass(frozen=True, slots=True)
 class Inbound:
-    """A message as it left paho's thread; `mid` is acked once its effect is in Redis."""
+    """A message as paho delivered it; `mid` is acked once its effect is in Redis."""
 
     link: "BrokerLink"
     topic: str
@@ -46,7 +60,7 @@ class BrokerLink:
     (epoch, state) rule makes harmless.
     """
 
-    def __init__(self, url: str, index: int, settings: Settings, instance: str, handoff: HandOff[Inbound]) -> None:
+    def __init__(self, url: str, index: int, settings: Settings, instance: str, inbox: Inbox[Inbound]) -> None:
         parts = urlsplit(url)
         self.url = url
         self.host = parts.hostname or "127.0.0.1"
@@ -54,15 +68,22 @@ class BrokerLink:
         self.transport = "websockets" if parts.scheme == "ws" else "tcp"
         self.settings = settings
         self.client_id = f"bridge-{instance}-{index}"
-        self.handoff = handoff
+        self.inbox = inbox
         self.mqtt5 = settings.mqtt_protocol in ("auto", "5")
-        self.connected = threading.Event()
+        self.connected = False
         self.reconcile_subscribed_at: float | None = None
         self.last_retained_at = 0.0
         self.reconciling = True
         self._reconcile_mid: int | None = None
         self._fell_back = False
         self._ever_connected = False
+        self._stopping = False
+        self._reading: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._reconnect: asyncio.Task[None] | None = None
+        self._attempt = 0
         self._client = self._new_client()
 
     def _new_client(self) -> mqtt.Client:
@@ -76,17 +97,47 @@ class BrokerLink:
             # queue forever on the broker. Plain subscriptions plus reconciliation make it unnecessary.
             clean_session=None if self.mqtt5 else True,
             manual_ack=True,
+            reconnect_on_failure=False,  # the loop reconnects, with backoff and jitter
         )
         client.username_pw_set(self.settings.mqtt_username, self.settings.mqtt_password)
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.max_inflight_messages_set(1000)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
+        client.on_socket_open = self._on_socket_open
+        client.on_socket_close = self._on_socket_close
+        client.on_socket_register_write = self._on_register_write
+        client.on_socket_unregister_write = self._on_unregister_write
         return client
 
-    def start(self) -> None:
+    # --- lifecycle, on the loop
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._tasks.append(asyncio.create_task(self._misc_forever(), name=f"mqtt-misc-{self.client_id}"))
+        self._schedule_connect(0.0)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for task in [*self._tasks, *([self._reconnect] if self._reconnect else [])]:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._client.socket() is not None:
+            self._client.disconnect()
+            deadline = time.monotonic() + 2.0
+            while self._client.socket() is not None and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)  # paho says nothing when its DISCONNECT is out; poll briefly
+        self._detach()
+
+    def _schedule_connect(self, delay: float) -> None:
+        if not self._stopping and (self._reconnect is None or self._reconnect.done()):
+            self._reconnect = asyncio.create_task(self._connect_after(delay), name=f"mqtt-connect-{self.client_id}")
+
+    async def _connect_after(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        assert self._loop is not None
         properties = None
         kwargs: dict[str, Any] = {}
         if self.mqtt5:
@@ -95,38 +146,123 @@ class BrokerLink:
             # member until its session expires, so a bridge that is gone for good must not hold one long.
             properties.SessionExpiryInterval = int(self.settings.bridge_session_expiry_s)
             kwargs["clean_start"] = False
-        self._client.connect_async(self.host, self.port, keepalive=30, properties=properties, **kwargs)
-        self._client.loop_start()
+        connect = partial(self._client.connect, self.host, self.port, 30, properties=properties, **kwargs)
+        try:
+            await self._loop.run_in_executor(None, connect)
+        except OSError as exc:
+            self._retry(f"connect failed: {exc}")
+            return
         if self.mqtt5 and self.settings.mqtt_protocol == "auto" and not self._ever_connected:
-            # amqtt (MQTT 3.1.1 only) neither answers nor closes an MQTT 5 CONNECT: wait for a CONNACK
-            # only so long, then speak 3.1.1.
-            timer = threading.Timer(CONNACK_TIMEOUT_S, self._connack_overdue)
-            timer.daemon = True
-            timer.start()
+            # amqtt (MQTT 3.1.1 only) neither answers nor closes an MQTT 5 CONNECT: wait for a
+            # CONNACK only so long, then speak 3.1.1.
+            self._loop.call_later(CONNACK_TIMEOUT_S, self._connack_overdue)
+
+    def _retry(self, why: str) -> None:
+        """Exponential backoff with full jitter: a broker restart must not meet every bridge at once."""
+        delay = random.uniform(0, min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2**self._attempt))
+        self._attempt += 1
+        if not self._stopping:
+            logger.warning("%s: %s; reconnecting in %.1f s", self.url, why, delay)
+            self._schedule_connect(delay)
 
     def _connack_overdue(self) -> None:
-        if not self._ever_connected and not self._fell_back:
+        if not self._ever_connected and not self._fell_back and not self._stopping:
             logger.info("%s did not answer an MQTT 5 CONNECT; using MQTT 3.1.1", self.url)
-            self._fall_back()
+            self._fell_back = True
+            self.mqtt5 = False
+            old, self._client = self._client, self._new_client()
+            self._detach()
+            old.disconnect()
+            self._schedule_connect(0.0)
 
-    def stop(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
+    async def _misc_forever(self) -> None:
+        """paho's keepalive: PINGREQ on time, and a broker that stopped answering is noticed."""
+        while True:
+            await asyncio.sleep(MISC_INTERVAL_S)
+            if self._client.socket() is not None:
+                self._client.loop_misc()
 
-    # --- paho's network thread from here on: nothing below may touch asyncio objects directly.
+    # --- paho's socket callbacks (the connect in a worker thread triggers some of them)
+
+    def _on_loop(self, fn: Any, *args: Any) -> None:
+        assert self._loop is not None
+        if threading.get_ident() == self._loop_thread:
+            fn(*args)
+        else:
+            self._loop.call_soon_threadsafe(fn, *args)
+
+    def _on_socket_open(self, client: mqtt.Client, _u: Any, sock: Any) -> None:
+        self._on_loop(self._attach, client, sock)
+
+    def _attach(self, client: mqtt.Client, sock: socket.socket) -> None:
+        assert self._loop is not None
+        if client is self._client and sock.fileno() >= 0:
+            self._loop.add_reader(sock, self._readable, client)
+            self._reading = sock
+
+    def _readable(self, client: mqtt.Client) -> None:
+        client.loop_read(READ_PACKETS)
+
+    def _pause(self) -> None:
+        if self._reading is not None and self._loop is not None:
+            self._loop.remove_reader(self._reading)
+            self.inbox.resume_later(self._resume)
+
+    def pause_reading(self) -> None:
+        """Take no more messages (shutdown); the connection stays up for acks and publishes."""
+        self._stopping = True
+        if self._reading is not None and self._loop is not None and self._reading.fileno() >= 0:
+            self._loop.remove_reader(self._reading)
+
+    def _resume(self) -> None:
+        if self._stopping:
+            return
+        if self._reading is not None and self._loop is not None and self._reading.fileno() >= 0:
+            self._loop.add_reader(self._reading, self._readable, self._client)
+
+    def _on_socket_close(self, client: mqtt.Client, _u: Any, sock: Any) -> None:
+        # Called just before paho closes the socket: unregister while its descriptor is still valid.
+        fd = sock.fileno()
+        self._on_loop(self._forget_fd, fd)
+
+    def _forget_fd(self, fd: int) -> None:
+        assert self._loop is not None
+        if fd >= 0:
+            self._loop.remove_reader(fd)
+            self._loop.remove_writer(fd)
+        if self._reading is not None and self._reading.fileno() in (fd, -1):
+            self._reading = None
+
+    def _detach(self) -> None:
+        if self._reading is not None and self._loop is not None and self._reading.fileno() >= 0:
+            self._loop.remove_reader(self._reading)
+            self._loop.remove_writer(self._reading)
+        self._reading = None
+
+    def _on_register_write(self, client: mqtt.Client, _u: Any, sock: Any) -> None:
+        self._on_loop(self._want_write, client, sock)
+
+    def _want_write(self, client: mqtt.Client, sock: socket.socket) -> None:
+        assert self._loop is not None
+        if sock.fileno() >= 0:
+            self._loop.add_writer(sock, client.loop_write)
+
+    def _on_unregister_write(self, _c: mqtt.Client, _u: Any, sock: Any) -> None:
+        fd = sock.fileno()
+        self._on_loop(lambda: self._loop.remove_writer(fd) if self._loop and fd >= 0 else None)
+
+    # --- paho's protocol callbacks, on the loop
 
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        if client is not self._client:
+            return
         if reason.is_failure:
-            if self.mqtt5 and self.settings.mqtt_protocol == "auto" and not self._fell_back:
-                # An MQTT 3.1.1-only broker (amqtt) refuses the v5 CONNECT: start over with 3.1.1.
-                logger.info("%s refused MQTT 5 (%s); using MQTT 3.1.1", self.url, reason)
-                self._fall_back()
-            else:
-                logger.error("%s refused the bridge: %s", self.url, reason)
+            logger.error("%s refused the bridge: %s", self.url, reason)
             return
         logger.info("connected to %s as %s (MQTT %s)", self.url, self.client_id, "5" if self.mqtt5 else "3.1.1")
         self._ever_connected = True
-        self.connected.set()
+        self._attempt = 0
+        self.connected = True
         self.reconciling = True
         self.reconcile_subscribed_at = None
         if self.mqtt5:
@@ -141,39 +277,27 @@ class BrokerLink:
         else:
             _, self._reconcile_mid = client.subscribe([(PRESENCE_FILTER, 1), (HEARTBEAT_FILTER, 0)])
 
-    def _fall_back(self) -> None:
-        if self._fell_back:
-            return
-        self._fell_back = True
-        self.mqtt5 = False
-        old = self._client
-        self._client = self._new_client()
-        # Stopping paho's loop from its own thread would deadlock: do it from a helper thread.
-        threading.Thread(target=self._swap_clients, args=(old,), daemon=True).start()
-
-    def _swap_clients(self, old: mqtt.Client) -> None:
-        old.disconnect()
-        old.loop_stop()
-        self.start()
-
     def _on_subscribe(self, _c: mqtt.Client, _u: Any, mid: int, _r: Any, _p: Any) -> None:
         if mid == self._reconcile_mid:
             self.reconcile_subscribed_at = time.monotonic()
 
     def _on_disconnect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         if client is not self._client:
-            return  # the MQTT 5 attempt being replaced
-        self.connected.clear()
-        if reason is not None and getattr(reason, "is_failure", False):
-            logger.warning("lost %s: %s; paho reconnects with backoff", self.url, reason)
+            return  # the MQTT 5 attempt that was replaced
+        self.connected = False
+        self._reading = None
+        if not self._stopping:
+            self._retry(f"connection lost ({reason})")
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         if msg.retain:
             self.last_retained_at = time.monotonic()
         received_ms = time.time_ns() // 1_000_000
-        self.handoff.put(Inbound(self, msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain), msg.mid, received_ms))
+        self.inbox.put(Inbound(self, msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain), msg.mid, received_ms))
+        if self.inbox.full:
+            self._pause()
 
-    # --- called from the asyncio side; paho guards these with its own locks.
+    # --- used by the worker
 
     def ack(self, mid: int, qos: int) -> None:
         if qos > 0:
@@ -183,9 +307,8 @@ class BrokerLink:
         """Read the retained presence again (Redis lost its state): a new SUBSCRIBE re-sends it."""
         self.reconciling = True
         self.reconcile_subscribed_at = None
-        options = SubscribeOptions(qos=1) if self.mqtt5 else None
-        if options is not None:
-            _, self._reconcile_mid = self._client.subscribe(PRESENCE_FILTER, options=options)
+        if self.mqtt5:
+            _, self._reconcile_mid = self._client.subscribe(PRESENCE_FILTER, options=SubscribeOptions(qos=1))
         else:
             _, self._reconcile_mid = self._client.subscribe(PRESENCE_FILTER, qos=1)
 

@@ -11,14 +11,15 @@ from functools import partial
 
 import aio_pika.exceptions
 import aiormq.exceptions
+import paho.mqtt.client as mqtt
 import pymongo.errors
 import redis.exceptions
 from paho.mqtt.client import MQTTMessageInfo
 from prometheus_client import start_http_server
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from bridge.dead_letters import DeadLetters
-from bridge.handoff import HandOff
+from bridge.inbox import Inbox
 from bridge.metrics import BridgeMetrics
 from bridge.mqtt_link import BrokerLink, Inbound
 from core.amqp import EventPublisher
@@ -46,7 +47,8 @@ OUTAGES = (
     TimeoutError,
 )
 
-SETTLE_CONCURRENCY = 200
+SETTLE_CONCURRENCY = 50
+REDIS_CONNECTIONS = 64
 QUIET_AFTER_RETAINED_S = 1.0
 REDIS_WATCH_S = 1.0  # no retained message for this long after SUBACK: the shard is read
 
@@ -73,9 +75,12 @@ class Bridge:
         self._stop.set()
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        self.handoff: HandOff[Inbound] = HandOff(loop)
-        redis = Redis.from_url(self.settings.redis_url, decode_responses=True)
+        self.inbox: Inbox[Inbound] = Inbox()
+        # Blocking: a burst of settles waits for a connection instead of failing when the pool is empty.
+        pool = BlockingConnectionPool.from_url(
+            self.settings.redis_url, max_connections=REDIS_CONNECTIONS, timeout=30, decode_responses=True
+        )
+        redis = Redis.from_pool(pool)  # owns the pool: aclose() closes its connections
         mongo = await open_mongo(self.settings)
         self.publisher = EventPublisher(self.settings)
         await self.publisher.open()
@@ -90,11 +95,11 @@ class Bridge:
             await self._mark_state()
             await self._recover_outbox()
             self.links = [
-                BrokerLink(url, i, self.settings, self.instance, self.handoff)
+                BrokerLink(url, i, self.settings, self.instance, self.inbox)
                 for i, url in enumerate(self.settings.mqtt_brokers)
             ]
             for link in self.links:
-                link.start()
+                await link.start()
             for rid, status_json in self._retained_after_start:
                 self._publish_retained(rid, status_json)  # paho queues them until connected
             tasks = [
@@ -110,8 +115,7 @@ class Bridge:
 
     async def close(self, redis: Redis, mongo: object, httpd: object) -> None:
         for link in reversed(self.links):
-            await asyncio.to_thread(link.stop)
-        self.handoff.close()
+            await link.stop()
         await self.publisher.close()
         await redis.aclose()
         await mongo.close()  # type: ignore[attr-defined]
@@ -122,20 +126,23 @@ class Bridge:
 
     async def _main_loop(self) -> None:
         while not self._stop.is_set():
-            batch = await self.handoff.take(self.settings.heartbeat_batch_max, wait_s=self._next_wait())
-            self.metrics.queue_depth.set(len(self.handoff))
+            batch = await self.inbox.take(self.settings.heartbeat_batch_max, wait_s=self._next_wait())
+            self.metrics.queue_depth.set(len(self.inbox))
             if batch:
                 await self._run_batch(partial(self._process, batch), batch)
             if self._held_wills:
                 await self._run_batch(self._release_wills, [])
             await self._check_retained()
-        # SIGTERM: stop taking new work from the brokers, then drain what paho already handed over.
+        # SIGTERM: stop reading from the brokers but stay connected, so the drained batches can still be
+        # acknowledged and their retained statuses published; then disconnect.
         for link in self.links:
-            await asyncio.to_thread(link.stop)
-        while batch := await self.handoff.take(self.settings.heartbeat_batch_max, wait_s=0):
+            link.pause_reading()
+        while batch := await self.inbox.take(self.settings.heartbeat_batch_max, wait_s=0):
             await self._run_batch(partial(self._process, batch), batch)
         await self._run_batch(partial(self._release_wills, everything=True), [])
         await self._check_retained(wait=True)
+        for link in self.links:
+            await link.stop()
 
     def _next_wait(self) -> float:
         if not self._held_wills:
@@ -286,14 +293,24 @@ class Bridge:
         self._retained_pending.append((restaurant_id, status_json, info))
 
     async def _check_retained(self, wait: bool = False) -> None:
-        """Forget queued retained statuses the broker has acknowledged."""
+        """Forget queued retained statuses the broker has acknowledged; send again what never left."""
         deadline = time.monotonic() + (10 if wait else 0)
         while True:
             still: list[tuple[str, str, MQTTMessageInfo]] = []
             for rid, payload, info in self._retained_pending:
-                if info.is_published():
-                    await self.store.clear_status_outbox(rid, payload)
-                elif info.rc == 0:
+                if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                    # Not connected when it was published: paho dropped it. Redis still has it queued.
+                    link = self.links[shard_of(rid, len(self.links))]
+                    if link.connected:
+                        still.append((rid, payload, link.publish_retained(status_topic(rid), payload.encode())))
+                    else:
+                        still.append((rid, payload, info))
+                elif info.is_published():
+                    try:
+                        await self.store.clear_status_outbox(rid, payload)
+                    except OUTAGES:
+                        still.append((rid, payload, info))  # cleared on a later pass
+                else:
                     still.append((rid, payload, info))
             self._retained_pending = still
             if not still or time.monotonic() >= deadline:
@@ -332,7 +349,7 @@ class Bridge:
                     if not link.reconciling or link.reconcile_subscribed_at is None:
                         continue
                     quiet_since = max(link.last_retained_at, link.reconcile_subscribed_at)
-                    if time.monotonic() - quiet_since >= QUIET_AFTER_RETAINED_S and len(self.handoff) == 0:
+                    if time.monotonic() - quiet_since >= QUIET_AFTER_RETAINED_S and len(self.inbox) == 0:
                         link.end_reconciliation()
             await self._run_batch(self._settle_all, [])
             elapsed = time.monotonic() - started

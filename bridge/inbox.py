@@ -1,0 +1,53 @@
+"""The bridge's bounded buffer between the MQTT sockets and the batch loop (both on the asyncio loop)."""
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class Inbox(Generic[T]):
+    """`put` from socket callbacks, `take` batches; past `high` the readers pause until `low`.
+
+    A paused reader leaves the bytes in the kernel and then in the broker, whose queue for the bridge's
+    user is unbounded, so back-pressure costs memory in Mosquitto rather than messages here.
+    """
+
+    def __init__(self, high: int = 50_000, low: int = 10_000) -> None:
+        self._items: deque[T] = deque()
+        self._ready = asyncio.Event()
+        self._high, self._low = high, low
+        self._paused: list[Callable[[], None]] = []
+
+    def put(self, item: T) -> None:
+        self._items.append(item)
+        self._ready.set()
+
+    @property
+    def full(self) -> bool:
+        return len(self._items) >= self._high
+
+    def resume_later(self, resume: Callable[[], None]) -> None:
+        """A reader that paused because the inbox is full asks to be resumed once it drains."""
+        self._paused.append(resume)
+
+    async def take(self, max_items: int, wait_s: float | None = None) -> list[T]:
+        """Wait for at least one item (or `wait_s`) and return up to `max_items`."""
+        if not self._items:
+            self._ready.clear()
+            try:
+                await asyncio.wait_for(self._ready.wait(), wait_s)
+            except TimeoutError:
+                return []
+        count = min(max_items, len(self._items))
+        batch = [self._items.popleft() for _ in range(count)]
+        if self._paused and len(self._items) <= self._low:
+            paused, self._paused = self._paused, []
+            for resume in paused:
+                resume()
+        return batch
+
+    def __len__(self) -> int:
+        return len(self._items)
