@@ -26,7 +26,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bridge.inbox import Inbox
-from core.ids import HEARTBEAT_FILTER, PRESENCE_FILTER
+from core.ids import HEARTBEAT_FILTER, PRESENCE_FILTER, STATUS_FILTER
 from core.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -288,9 +288,15 @@ class BrokerLink:
                     (f"$share/{group}/{HEARTBEAT_FILTER}", SubscribeOptions(qos=0)),
                 ]
             )
-            _, self._reconcile_mid = client.subscribe(PRESENCE_FILTER, options=SubscribeOptions(qos=1))
+            # Statuses first: brokers send retained messages filter by filter, and a restored status must be
+            # in Redis before a retained birth settles that restaurant.
+            _, self._reconcile_mid = client.subscribe(
+                [(STATUS_FILTER, SubscribeOptions(qos=1)), (PRESENCE_FILTER, SubscribeOptions(qos=1))]
+            )
         else:
-            _, self._reconcile_mid = client.subscribe([(PRESENCE_FILTER, 1), (HEARTBEAT_FILTER, 0)])
+            _, self._reconcile_mid = client.subscribe(
+                [(STATUS_FILTER, 1), (PRESENCE_FILTER, 1), (HEARTBEAT_FILTER, 0)]
+            )
 
     def _on_subscribe(self, _c: mqtt.Client, _u: Any, mid: int, _r: Any, _p: Any) -> None:
         if mid == self._reconcile_mid:
@@ -322,16 +328,16 @@ class BrokerLink:
         """Read the retained presence again (Redis lost its state): a new SUBSCRIBE re-sends it."""
         self.reconciling = True
         self.reconcile_subscribed_at = None
+        options = SubscribeOptions(qos=1)
         if self.mqtt5:
-            _, self._reconcile_mid = self._client.subscribe(PRESENCE_FILTER, options=SubscribeOptions(qos=1))
+            _, self._reconcile_mid = self._client.subscribe([(STATUS_FILTER, options), (PRESENCE_FILTER, options)])
         else:
-            _, self._reconcile_mid = self._client.subscribe(PRESENCE_FILTER, qos=1)
+            _, self._reconcile_mid = self._client.subscribe([(STATUS_FILTER, 1), (PRESENCE_FILTER, 1)])
 
     def end_reconciliation(self) -> None:
-        """Drop the plain presence subscription once the retained state is read (MQTT 5 only)."""
+        """Drop what only reconciliation needs: the retained statuses, and (MQTT 5) the plain presence."""
         self.reconciling = False
-        if self.mqtt5:
-            self._client.unsubscribe(PRESENCE_FILTER)
+        self._client.unsubscribe([PRESENCE_FILTER, STATUS_FILTER] if self.mqtt5 else STATUS_FILTER)
 
     def publish_retained(self, topic: str, payload: bytes) -> mqtt.MQTTMessageInfo:
         return self._client.publish(topic, payload, qos=1, retain=True)

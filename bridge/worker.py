@@ -1,6 +1,7 @@
 """The bridge worker: batches from the brokers → Redis scripts → outbox → RabbitMQ and retained status."""
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -25,11 +26,12 @@ from bridge.mqtt_link import BrokerLink, Inbound
 from core.amqp import EventPublisher
 from core.db import open_mongo
 from core.errors import InvalidMessage
-from core.ids import parse_device_topic, status_topic
+from core.ids import parse_device_topic, status_topic, status_topic_restaurant
 from core.messages import DeviceState, Event, EventType, parse_heartbeat, parse_presence
 from core.presence_store import PresenceStore, ScriptResult, from_ms, now_ms
 from core.settings import Settings
 from core.shards import shard_of
+from core.status import DerivedStatus
 from core.status_service import StatusService
 
 logger = logging.getLogger(__name__)
@@ -191,7 +193,15 @@ class Bridge:
         self.metrics.batch_size.observe(len(batch))
         presence: list[PresenceRow] = []
         beats: list[tuple[Inbound, str, str, int]] = []
+        statuses: dict[str, DerivedStatus] = {}
         for msg in batch:
+            status_of = status_topic_restaurant(msg.topic)
+            if status_of is not None:
+                # Our own retained statuses, read back while reconciling; live echoes are ignored.
+                if msg.retain and msg.payload:
+                    with contextlib.suppress(ValueError):
+                        statuses[status_of] = DerivedStatus.model_validate_json(msg.payload)
+                continue
             try:
                 topic = parse_device_topic(msg.topic)
                 if topic.kind == "presence":
@@ -202,6 +212,8 @@ class Bridge:
                     beats.append((msg, topic.restaurant_id, topic.device_id, h.epoch))
             except InvalidMessage as exc:
                 await self.dead_letters.reject(msg.topic, msg.payload, exc.reason, exc.detail)
+        if statuses:
+            await self.store.restore_statuses(statuses)
         unknown = await self._unknown({rid for _, rid, *_ in presence} | {rid for _, rid, *_ in beats})
         if unknown:
             rejected = [(p[0], p[1]) for p in presence if p[1] in unknown]
@@ -294,7 +306,7 @@ class Bridge:
 
     async def _check_retained(self, wait: bool = False) -> None:
         """Forget queued retained statuses the broker has acknowledged; send again what never left."""
-        deadline = time.monotonic() + (10 if wait else 0)
+        deadline = time.monotonic() + (5 if wait else 0)
         while True:
             still: list[tuple[str, str, MQTTMessageInfo]] = []
             for rid, payload, info in self._retained_pending:
@@ -357,16 +369,22 @@ class Bridge:
             self.metrics.converged.set(1)
             self.converged.set()
             logger.info("converged on retained presence of %d shard(s) in %.2f s", len(self.links), elapsed)
-            while await self._redis_holds_state():  # noqa: ASYNC110 - polling another server
+            while True:
                 await asyncio.sleep(REDIS_WATCH_S)
-            logger.warning("Redis lost the platform's state (restarted empty?); reconciling from retained presence")
+                if any(link.reconciling for link in self.links):
+                    break  # a link reconnected: it is reading the retained state again
+                if not await self._redis_holds_state():
+                    logger.warning(
+                        "Redis lost the platform's state (restarted empty?); reconciling from retained presence"
+                    )
+                    await self._run_batch(self._mark_state, [])
+                    self._known.clear()
+                    for link in self.links:
+                        link.begin_reconciliation()
+                    break
             started = time.monotonic()
             self.converged.clear()
             self.metrics.converged.set(0)
-            await self._run_batch(self._mark_state, [])
-            self._known.clear()
-            for link in self.links:
-                link.begin_reconciliation()
 
     async def _mark_state(self) -> None:
         await self.store.redis.set(f"{self.settings.redis_prefix}state", self.instance)

@@ -10,7 +10,10 @@ ID_PATTERN = r"[A-Za-z0-9_-]{1,64}"
 _ID = re.compile(rf"^{ID_PATTERN}$")
 _DEVICE_TOPIC = re.compile(rf"^restaurants/({ID_PATTERN})/devices/({ID_PATTERN})/(presence|heartbeat)$")
 
+_STATUS_TOPIC = re.compile(rf"^restaurants/({ID_PATTERN})/status$")
+
 PRESENCE_FILTER = "restaurants/+/devices/+/presence"
+STATUS_FILTER = "restaurants/+/status"
 HEARTBEAT_FILTER = "restaurants/+/devices/+/heartbeat"
 
 Kind = Literal["presence", "heartbeat"]
@@ -30,6 +33,12 @@ def heartbeat_topic(restaurant_id: str, device_id: str) -> str:
 
 def status_topic(restaurant_id: str) -> str:
     return f"restaurants/{restaurant_id}/status"
+
+
+def status_topic_restaurant(topic: str) -> str | None:
+    """The restaurant id of a `restaurants/{rid}/status` topic, else None."""
+    match = _STATUS_TOPIC.match(topic)
+    return match.group(1) if match else None
 
 
 def client_id(restaurant_id: str, device_id: str) -> str:

@@ -143,6 +143,18 @@ class PresenceStore:
                 pipe.hsetnx(self.key(rid), "p", profile)
             await pipe.execute()
 
+    async def restore_statuses(self, statuses: dict[str, DerivedStatus]) -> None:
+        """Put back last committed statuses (read from the brokers' retained copies) where Redis has none.
+
+        After Redis comes back empty, the retained `restaurants/{rid}/status` is the platform's last
+        word on each restaurant: restoring it keeps an unchanged restaurant from being announced again.
+        """
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for rid, status in statuses.items():
+                pipe.hsetnx(self.key(rid), "s", status.model_dump_json())
+                pipe.hsetnx(self.key(rid), "sc", status.core.model_dump_json())
+            await pipe.execute()
+
     async def apply_presence(
         self, events: Iterable[tuple[str, str, int, DeviceState, Event]], at_ms: int | None = None
     ) -> list[ScriptResult]:

@@ -39,7 +39,7 @@ async def running_bridge(settings: Settings, instance: str | None = None) -> Asy
         yield bridge
     finally:
         bridge.request_stop()
-        await asyncio.wait_for(task, 20)
+        await asyncio.wait_for(task, 30)
 
 
 @pytest.fixture(params=["mosquitto", "amqtt"])
@@ -232,14 +232,14 @@ async def test_takeover_never_shows_a_false_offline(env: dict[str, Any], stack: 
 
 
 async def test_redis_restarted_empty_is_rebuilt_from_retained_presence(env: dict[str, Any], stack: Any) -> None:
-    settings, service = env["settings"], env["service"]
+    settings, service, tap = env["settings"], env["service"], env["tap"]
     rid = f"r-lost-{uuid.uuid4().hex[:6]}"
     secret = await make_restaurant(settings, stack, rid)
     async with running_bridge(settings) as bridge:
         device = Device(env["url"], rid, secret)
         await asyncio.to_thread(device.connect, 4)
-        await wait_until(lambda: status_of(service, rid)(), 10)
         await wait_until(lambda: _online(service, rid), 10, message="online before the loss")
+        await tap.wait_for(rid, "STATUS_CHANGED")
         redis = Redis.from_url(settings.redis_url)
         async for key in redis.scan_iter(match=f"{settings.redis_prefix}*"):
             await redis.delete(key)  # this test's whole namespace: Redis as if restarted empty
@@ -248,6 +248,9 @@ async def test_redis_restarted_empty_is_rebuilt_from_retained_presence(env: dict
         await wait_until(bridge.converged.is_set, 20, message="never reconverged")
         await wait_until(lambda: _online(service, rid), 10, message="online after the rebuild")
         assert bridge.metrics.converged._value.get() == 1
+        await settle_time(0.5)
+        # The last status came back from the broker's retained copy: nothing changed, nothing announced.
+        assert [e["data"]["online"] for e in tap.of(rid, "STATUS_CHANGED")] == [True]
         await asyncio.to_thread(device.stop)
 
 
