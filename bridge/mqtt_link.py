@@ -47,7 +47,6 @@ class Inbound:
     qos: int
     retain: bool
     mid: int
-    received_ms: int
 
 
 class BrokerLink:
@@ -313,8 +312,7 @@ class BrokerLink:
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         if msg.retain:
             self.last_retained_at = time.monotonic()
-        received_ms = time.time_ns() // 1_000_000
-        self.inbox.put(Inbound(self, msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain), msg.mid, received_ms))
+        self.inbox.put(Inbound(self, msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain), msg.mid))
         if self.inbox.full:
             self._pause()
 

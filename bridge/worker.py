@@ -51,8 +51,8 @@ OUTAGES = (
 
 SETTLE_CONCURRENCY = 50
 REDIS_CONNECTIONS = 64
-QUIET_AFTER_RETAINED_S = 1.0
-REDIS_WATCH_S = 1.0  # no retained message for this long after SUBACK: the shard is read
+QUIET_AFTER_RETAINED_S = 1.0  # no retained message for this long after SUBACK: the shard is read
+REDIS_WATCH_S = 1.0  # how often the marker key is checked for a Redis that lost its state
 
 
 class Bridge:
@@ -386,13 +386,17 @@ class Bridge:
             self.converged.clear()
             self.metrics.converged.set(0)
 
+    @property
+    def _state_marker(self) -> str:
+        return f"{self.settings.redis_prefix}state"
+
     async def _mark_state(self) -> None:
-        await self.store.redis.set(f"{self.settings.redis_prefix}state", self.instance)
+        await self.store.redis.set(self._state_marker, self.instance)
 
     async def _redis_holds_state(self) -> bool:
         """False only when Redis answers and the marker is gone; an unreachable Redis is not a loss yet."""
         try:
-            return bool(await self.store.redis.exists(f"{self.settings.redis_prefix}state"))
+            return bool(await self.store.redis.exists(self._state_marker))
         except OUTAGES:
             return True
 

@@ -37,6 +37,8 @@ def status_topic(restaurant_id: str) -> str:
 
 def status_topic_restaurant(topic: str) -> str | None:
     """The restaurant id of a `restaurants/{rid}/status` topic, else None."""
+    if not topic.endswith("/status"):  # on the bridge's hot path: most topics are heartbeats
+        return None
     match = _STATUS_TOPIC.match(topic)
     return match.group(1) if match else None
 

@@ -125,19 +125,8 @@ class PresenceStore:
     async def snapshot(self, restaurant_id: str) -> RestaurantSnapshot:
         return (await self.snapshots([restaurant_id]))[0]
 
-    async def put_profile(self, restaurant_id: str, profile_json: str, only_if_missing: bool = False) -> None:
-        """Mirror a profile from MongoDB; a change bumps the version so in-flight commits retry."""
-        key = self.key(restaurant_id)
-        if only_if_missing:
-            await self.redis.hsetnx(key, "p", profile_json)
-            return
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, "p", profile_json)
-            pipe.hincrby(key, "v", 1)
-            await pipe.execute()
-
     async def put_profiles(self, profiles: dict[str, str]) -> None:
-        """Mirror many new restaurants' profiles at once (provisioning); existing ones are kept."""
+        """Mirror profiles from MongoDB in one round trip; a profile Redis already holds is kept."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for rid, profile in profiles.items():
                 pipe.hsetnx(self.key(rid), "p", profile)

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 
 from core.documents import Restaurant
 from core.messages import Event, EventType, utc_now
-from core.presence_store import PresenceStore, RestaurantSnapshot
+from core.presence_store import PresenceStore, RestaurantSnapshot, parse_profile
 from core.status import DerivedStatus, derive_status
 from core.status_codec import profile_json
 
@@ -72,12 +72,12 @@ class StatusService:
                 self._unknown_until[rid] = now + self.unknown_ttl_s
         if len(self._unknown_until) > 100_000:
             self._unknown_until = {k: v for k, v in self._unknown_until.items() if v >= now}
+        if found:
+            await self.store.put_profiles(found)
         for snap in snaps:
             profile = found.get(snap.restaurant_id)
             if profile is not None and snap.rules is None:
-                await self.store.put_profile(snap.restaurant_id, profile, only_if_missing=True)
-                fresh = RestaurantSnapshot.from_hash(snap.restaurant_id, {"p": profile})
-                snap.rules, snap.group = fresh.rules, fresh.group
+                snap.rules, snap.group = parse_profile(profile)
         return [rid for rid in missing if rid not in found]
 
     def derive(self, snap: RestaurantSnapshot, now: datetime) -> DerivedStatus:
