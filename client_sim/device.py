@@ -294,7 +294,8 @@ class SimDevice:
             self.state = DeviceState.STOPPING
             loop = asyncio.get_running_loop()
             self._disconnected = loop.create_future()
-            offline = _json({"state": "offline", "epoch": self.epoch, "ts": wall_ms()})
+            # "cause" tells the platform this offline is not the will (docs/architecture.md).
+            offline = _json({"state": "offline", "epoch": self.epoch, "ts": wall_ms(), "cause": "graceful"})
             client.on_publish = self._on_publish
             info = client.publish(ids.presence_topic(self.rid, self.did), offline, qos=1, retain=True)
             self.ctx.stats.published += 1

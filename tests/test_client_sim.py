@@ -144,6 +144,7 @@ async def test_birth_heartbeats_and_graceful_offline(stack: Any, settings: Setti
             offline = [p for p in watcher.of(device, "presence") if p["state"] == "offline"]
             # A will would carry the connect-time ts, before the birth; the graceful one comes after.
             assert [p["epoch"] for p in births] == [epoch] and all(p["ts"] >= births[0]["ts"] for p in offline)
+            assert [p.get("cause") for p in offline] == ["graceful"]  # what tells it from the will
             assert {h["epoch"] for h in watcher.of(device, "heartbeat")} == {epoch}
     events = read_events(tmp_path / "truth.jsonl")
     for device in sim.devices:
@@ -176,6 +177,7 @@ async def test_crash_takeover_and_flap(stack: Any, settings: Settings, tmp_path:
             await wait_until(lambda: watcher.saw(crashed, "offline", first), message="no will after a crash")
             will = watcher.last_presence(crashed)
             assert will is not None and will["ts"] <= watcher.of(crashed, "presence")[0]["ts"]  # set at CONNECT
+            assert "cause" not in will
             assert crashed.start("restart")
             await wait_until(lambda: crashed.epoch > first and watcher.saw(crashed, "online", crashed.epoch))
 
