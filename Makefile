@@ -1,6 +1,6 @@
 # One entry point per task; every target installs what it needs first (quickly when it is there).
 PYTHON := .venv/bin/python
-SOURCES := core broker bridge api client_sim stack bench tests
+SOURCES := core broker bridge api client_sim stack bench scheduler aggregator feed tests
 
 .PHONY: install run test lint bench
 

@@ -5,10 +5,11 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 from beanie import Document, Indexed
-from pydantic import Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from core.hours import OpeningHours
 from core.messages import utc_now
+from core.status import Unavailability, UnavailabilityReason
 
 
 class Role(StrEnum):
@@ -59,4 +60,37 @@ class User(Document):
         name = "users"
 
 
-DOCUMENT_MODELS: list[type[Document]] = [Restaurant, User]
+class UnavailabilityRecord(BaseModel):
+    """One scheduled unavailability as kept in the history; cancelling sets `cancelled_at`, never deletes."""
+
+    id: str  # a uuid4 hex, the `{uid}` of the API
+    reason: UnavailabilityReason
+    start: datetime
+    end: datetime
+    note: str = ""
+    created_at: datetime = Field(default_factory=utc_now)
+    created_by: str = ""  # the principal's subject: a restaurant id or a user name
+    cancelled_at: datetime | None = None
+    cancelled_by: str | None = None
+
+    def as_rule(self) -> Unavailability:
+        return Unavailability(start=self.start, end=self.end, reason=self.reason, cancelled_at=self.cancelled_at)
+
+
+class UnavailabilityLog(Document):
+    """All unavailabilities of one restaurant in one document keyed by the restaurant id.
+
+    One document per restaurant rather than one per unavailability: FerretDB's SQLite backend uses an
+    index only for `_id`, so a restaurant's history is one point lookup instead of a collection scan.
+    Writers use optimistic concurrency on `version` (FerretDB 1.24 has no transactions).
+    """
+
+    id: str  # type: ignore[assignment]  # the restaurant id
+    items: list[UnavailabilityRecord] = Field(default_factory=list)
+    version: int = 0
+
+    class Settings:
+        name = "unavailabilities"
+
+
+DOCUMENT_MODELS: list[type[Document]] = [Restaurant, User, UnavailabilityLog]

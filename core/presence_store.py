@@ -132,6 +132,18 @@ class PresenceStore:
                 pipe.hsetnx(self.key(rid), "p", profile)
             await pipe.execute()
 
+    async def set_profiles(self, profiles: dict[str, str]) -> None:
+        """Replace profiles after a change in MongoDB (hours, zone, group, unavailabilities).
+
+        The version is bumped with it, so a status being committed from the old profile at this very
+        moment fails its optimistic check and is recomputed with the new one.
+        """
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for rid, profile in profiles.items():
+                pipe.hset(self.key(rid), "p", profile)
+                pipe.hincrby(self.key(rid), "v", 1)
+            await pipe.execute()
+
     async def restore_statuses(self, statuses: dict[str, DerivedStatus]) -> None:
         """Put back last committed statuses (read from the brokers' retained copies) where Redis has none.
 

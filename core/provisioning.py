@@ -20,15 +20,16 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from core.clock_queue import ClockQueue
 from core.documents import Restaurant, Role, User
 from core.errors import PresenceError
 from core.hours import OpeningHours, zone
 from core.ids import is_valid_id
 from core.mqtt_passwords import hash_password, read_password_file, upsert_password_entries, verify_password
 from core.presence_store import PresenceStore
+from core.profiles import restaurant_profile
 from core.secrets import hash_generated_secret, hash_secret, new_secret, verify_secret
 from core.settings import Settings
-from core.status_service import restaurant_profile
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +157,8 @@ async def _mirror_profiles(settings: Settings, docs: Sequence[Restaurant]) -> No
     try:
         store = PresenceStore(redis, settings.redis_prefix)
         await store.put_profiles({doc.restaurant_id: restaurant_profile(doc) for doc in docs})
+        # Due at once: the scheduler settles each new restaurant and queues its next boundary.
+        await ClockQueue(redis, settings.redis_prefix).mark_now(doc.restaurant_id for doc in docs)
     except RedisError as exc:
         logger.warning("profiles not mirrored to Redis (%s); they load from MongoDB at first use", exc)
     finally:

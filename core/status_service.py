@@ -1,23 +1,20 @@
 """Status of restaurants from Redis facts, profiles mirrored from MongoDB, and the pure rules."""
 
-import asyncio
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from core.documents import Restaurant
 from core.messages import Event, EventType, utc_now
 from core.presence_store import PresenceStore, RestaurantSnapshot, parse_profile
+from core.profiles import load_profiles
 from core.status import DerivedStatus, derive_status
-from core.status_codec import profile_json
 
 logger = logging.getLogger(__name__)
 
 MAX_COMMIT_RETRIES = 20
 UNKNOWN_TTL_S = 10.0
-POINT_LOOKUPS_UP_TO = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,10 +27,6 @@ class Settled:
     status_json: str
 
 
-def restaurant_profile(doc: Restaurant) -> str:
-    return profile_json(doc.group, doc.timezone, doc.hours)
-
-
 class StatusService:
     """The one place live status is computed, for the API, the bridge and the scheduler alike."""
 
@@ -42,18 +35,6 @@ class StatusService:
         self.window = window
         self.unknown_ttl_s = unknown_ttl_s
         self._unknown_until: dict[str, float] = {}
-
-    async def _from_mongo(self, restaurant_ids: list[str]) -> dict[str, str]:
-        found: dict[str, str] = {}
-        if len(restaurant_ids) <= POINT_LOOKUPS_UP_TO:
-            # FerretDB (SQLite) uses an index only for `_id` equality; `$in` scans the collection.
-            docs = await asyncio.gather(*(Restaurant.get(rid) for rid in restaurant_ids))
-            return {doc.restaurant_id: restaurant_profile(doc) for doc in docs if doc is not None}
-        for start in range(0, len(restaurant_ids), 1000):
-            chunk = restaurant_ids[start : start + 1000]
-            async for doc in Restaurant.find({"_id": {"$in": chunk}}):
-                found[doc.restaurant_id] = restaurant_profile(doc)
-        return found
 
     async def fill_profiles(self, snaps: Sequence[RestaurantSnapshot]) -> list[str]:
         """Load from MongoDB the profiles Redis lacks (Redis lost, or provisioned elsewhere); return unknown ids.
@@ -66,7 +47,7 @@ class StatusService:
         if not missing:
             return []
         ask = [rid for rid in missing if self._unknown_until.get(rid, 0.0) < now]
-        found = await self._from_mongo(ask) if ask else {}
+        found = await load_profiles(ask) if ask else {}
         for rid in ask:
             if rid not in found:
                 self._unknown_until[rid] = now + self.unknown_ttl_s

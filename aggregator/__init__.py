@@ -1,0 +1,1 @@
+"""The aggregator: STATUS_CHANGED events into the status timeline and per-day offline seconds in MongoDB."""

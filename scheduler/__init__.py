@@ -1,0 +1,1 @@
+"""The scheduler: clock boundaries (opening, closing, unavailabilities) turned into status changes."""
