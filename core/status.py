@@ -104,6 +104,23 @@ def _unavailable_since(unavailabilities: Sequence[Unavailability], at: datetime)
     return since
 
 
+def _detail_since(
+    unavailabilities: Sequence[Unavailability], now: datetime, opened: datetime, reason: UnavailabilityReason
+) -> datetime:
+    """When the restaurant became unavailable for this reason, within the opening that began at `opened`.
+
+    Overlapping unavailabilities with different reasons change the detail (a transition of its own)
+    without a gap, so this walks back over their boundaries, not just to the start of their union.
+    """
+    tick = timedelta(microseconds=1)
+    bounds = {t for u in unavailabilities for t in (u.start, u.effective_end) if opened < t <= now}
+    for bound in sorted(bounds, reverse=True):
+        before = _covering(unavailabilities, bound - tick)
+        if not before or before[0].reason is not reason:
+            return bound
+    return max(opened, _unavailable_since(unavailabilities, now))
+
+
 def _unavailable_until(unavailabilities: Sequence[Unavailability], at: datetime) -> datetime:
     until = at
     changed = True
@@ -142,7 +159,7 @@ def derive_status(
         until = next_open_after(rules.hours, rules.timezone, now)
     elif covering:
         core = StatusCore(online=False, reason=OfflineReason.UNAVAILABLE, detail=covering[0].reason.value)
-        since = max(opening[0], _unavailable_since(rules.unavailabilities, now))
+        since = _detail_since(rules.unavailabilities, now, opening[0], covering[0].reason)
         until = min(opening[1], _unavailable_until(rules.unavailabilities, now))
     else:
         unav_end = max(
