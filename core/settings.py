@@ -63,6 +63,61 @@ class Settings(BaseSettings):
     api_port: int = 8000
     bridge_metrics_port: int = 9102
 
+    # --- unavailabilities and restaurant admin (api/routes/unavailabilities.py, restaurants.py) ---
+    unavailability_max_days: float = 90.0  # longest single unavailability
+    unavailability_max_ahead_days: float = 366.0  # how far ahead one may start
+    unavailability_max_note_chars: int = 500
+    # Scheduled or ongoing ones per restaurant: each is carried in the Redis profile read on every status.
+    unavailability_max_pending: int = 100
+    # A start this far in the past still counts as "now" (clocks of browsers and tablets drift).
+    unavailability_past_tolerance_s: float = 60.0
+    # A request waits this long for RabbitMQ's confirm; past it the event stays in the Redis outbox.
+    event_publish_timeout_s: float = 5.0
+
+    # --- scheduler (scheduler/) ---
+    # Claimed restaurants are held this long; a scheduler that dies mid-batch leaves them due again after it.
+    scheduler_lease_s: float = 30.0
+    scheduler_batch_size: int = 1000  # restaurants per claim (10:00 opens 100,000 at once)
+    scheduler_concurrency: int = 100  # restaurants settled at the same time (each published as it commits)
+    scheduler_safety_interval_s: float = 5.0  # look at the clock queue at least this often
+    scheduler_rebuild_interval_s: float = 600.0  # re-read every profile from MongoDB this often
+    scheduler_leader_ttl_s: float = 10.0  # a dead leader's lock expires after this; a follower then acts
+    # Outbox entries older than this are republished by the periodic rebuild (their writer is gone).
+    scheduler_outbox_grace_s: float = 60.0
+    scheduler_metrics_port: int = -1  # Prometheus /metrics on 127.0.0.1; -1 = off
+
+    # --- aggregator and history (aggregator/, core/timeline.py, core/history*.py) ---
+    aggregator_batch_max: int = 200  # messages taken from RabbitMQ (and written) at a time
+    aggregator_profile_ttl_s: float = 60.0  # a restaurant's group is re-read from MongoDB this often
+    aggregator_metrics_port: int = 9104  # Prometheus /metrics on 127.0.0.1; 0: any free port, -1: none
+    timeline_max_days: int = 31  # longest GET /restaurants/{rid}/timeline range
+    ranking_max_days: int = 92  # longest GET /reports/offline-ranking period
+
+    # --- dashboard feed and websocket (feed/, api/routes/dashboard_ws.py) ---
+    # Entries kept in the Redis stream: a dashboard away for longer than this many status changes gets
+    # a reset and a new snapshot instead of the missed ones.
+    feed_stream_maxlen: int = 100_000
+    # How long an event_id is remembered with its seq, so a redelivered event gets no second one.
+    feed_dedup_ttl_s: int = 3600
+    feed_batch_max: int = 200  # messages taken from RabbitMQ (and written) at a time
+    feed_metrics_port: int = 9103  # 0: any free port, -1: none
+    dashboard_heartbeat_s: float = 15.0
+    # Frames waiting for one websocket; a client that falls this far behind is reset to a snapshot.
+    dashboard_socket_queue: int = 1000
+
+    # --- pages and browser client (web/, api/routes/pages.py) ---
+    # What a browser is told to dial, one per shard in mqtt_brokers' order: the brokers' WebSocket
+    # listeners as the browser sees them (behind a proxy, not the addresses the bridge uses).
+    public_mqtt_ws_urls: list[str] = Field(default_factory=lambda: ["ws://127.0.0.1:9001"])
+
+    @field_validator("public_mqtt_ws_urls")
+    @classmethod
+    def check_public_ws_urls(cls, value: list[str]) -> list[str]:
+        for url in value:
+            if not url.startswith(("ws://", "wss://")):
+                raise ValueError(f"browser MQTT URL {url!r} must start with ws:// or wss://")
+        return value
+
     @field_validator("jwt_secret", "mqtt_password")
     @classmethod
     def reject_placeholder(cls, value: str) -> str:

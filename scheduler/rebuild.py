@@ -1,0 +1,119 @@
+"""The scheduler's view rebuilt from MongoDB, and the outbox left by a writer that died.
+
+Rebuild: every profile MongoDB holds is compared with Redis's copy and rewritten only where it
+differs (so 100,000 restaurants do not all get a version bump), every restaurant's next clock
+boundary is queued, and every restaurant whose committed status is not what the rules say now is
+settled. A restart therefore misses nothing (a boundary that passed while no scheduler ran is
+settled here or by the queue) and doubles nothing (settling an already right status commits nothing).
+"""
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
+
+from core.clock_queue import ClockQueue
+from core.messages import utc_now
+from core.presence_store import PresenceStore, RestaurantSnapshot, parse_profile
+from core.profiles import all_profiles
+from core.status import next_clock_boundary
+from core.status_service import StatusService
+from scheduler.metrics import SchedulerMetrics
+from scheduler.retry import Abandoned
+from scheduler.status_publisher import Retry, StatusPublisher
+
+logger = logging.getLogger(__name__)
+
+SCAN_CHUNK = 1000
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def ceil_ms(at: datetime) -> int:
+    """Epoch ms rounded up: a restaurant claimed at its boundary's millisecond must be past the boundary."""
+    micros = (at - EPOCH) // timedelta(microseconds=1)
+    return -(-micros // 1000)
+
+
+def next_due_ms(snap: RestaurantSnapshot, at: datetime) -> int | None:
+    assert snap.rules is not None
+    boundary = next_clock_boundary(snap.rules, at)
+    return None if boundary is None else ceil_ms(boundary)
+
+
+class Rebuilder:
+    def __init__(
+        self,
+        store: PresenceStore,
+        clock: ClockQueue,
+        status: StatusService,
+        publisher: StatusPublisher,
+        metrics: SchedulerMetrics,
+        settle: Callable[[Sequence[str]], Awaitable[object]],
+        acting: Callable[[], bool],
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.status = status
+        self.publisher = publisher
+        self.metrics = metrics
+        self.settle = settle
+        self.acting = acting
+
+    async def recover_outbox(self, retry: Retry[None], older_than_ms: int | None = None) -> int:
+        """Republish outbox entries (all of them when taking over; only old ones on the periodic sweep)."""
+        ids = await self.store.restaurant_ids()
+        republished = 0
+        for start in range(0, len(ids), SCAN_CHUNK):
+            if not self.acting():
+                raise Abandoned("outbox recovery")
+            for snap in await self.store.snapshots(ids[start : start + SCAN_CHUNK]):
+                if snap.outbox or (older_than_ms is None and snap.pending_status is not None):
+                    republished += await self.publisher.republish(snap, retry, older_than_ms)
+        if republished:
+            logger.info("republished %d events left in an outbox by an earlier writer", republished)
+        return republished
+
+    async def from_mongo(self, on_chunk: Callable[[], None]) -> int:
+        """One pass over MongoDB; returns the number of restaurants seen. Idempotent: retried whole on an outage."""
+        started = time.monotonic()
+        seen = 0
+        async for profiles in all_profiles(SCAN_CHUNK):
+            if not self.acting():
+                raise Abandoned("rebuild")
+            await self._apply(profiles)
+            seen += len(profiles)
+            on_chunk()  # new boundaries may be earlier than the one the due job waits for
+        elapsed = time.monotonic() - started
+        self.metrics.rebuilds.inc()
+        self.metrics.rebuild_seconds.set(elapsed)
+        logger.info("rebuilt from MongoDB: %d restaurants in %.1f s", seen, elapsed)
+        return seen
+
+    async def _apply(self, profiles: dict[str, str]) -> None:
+        snaps = await self.store.snapshots(list(profiles))
+        changed: dict[str, str] = {}
+        for snap in snaps:
+            rules, group = parse_profile(profiles[snap.restaurant_id])
+            if snap.rules != rules or snap.group != group:
+                changed[snap.restaurant_id] = profiles[snap.restaurant_id]
+                snap.rules, snap.group = rules, group
+        if changed:
+            await self.store.set_profiles(changed)
+            self.metrics.profiles_written.inc(len(changed))
+        now = utc_now()
+        due: dict[str, int] = {}
+        stale: list[str] = []
+        for snap in snaps:
+            try:
+                nxt = next_due_ms(snap, now)
+                if nxt is not None:
+                    due[snap.restaurant_id] = nxt
+                last = snap.last_status
+                if snap.restaurant_id in changed or last is None or self.status.derive(snap, now).core != last.core:
+                    stale.append(snap.restaurant_id)
+            except Exception:
+                logger.exception("rebuild: the profile of %s cannot be evaluated", snap.restaurant_id)
+                self.metrics.failures.inc()
+        await self.clock.schedule(due)
+        if stale:
+            await self.settle(stale)

@@ -1,0 +1,170 @@
+"""One MQTT connection of the scheduler to one broker shard, for the retained `restaurants/{rid}/status`.
+
+paho runs its own network thread here (`loop_start`). The scheduler only publishes — a few thousand
+statuses a second at the 10:00 burst, nothing read — so the thread costs little; the bridge, which
+reads 25k messages/s, drives paho from its loop instead (bridge/mqtt_link.py). paho keeps QoS 1
+messages while disconnected and sends them again after reconnecting, so a broker outage only
+delays the acknowledgements.
+"""
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from core.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+CONNACK_TIMEOUT_S = 3.0
+RECONNECT_MIN_S, RECONNECT_MAX_S = 1, 30
+
+
+class RetainedLink:
+    """Publishes QoS 1 retained messages to one shard and reports each PUBACK on the event loop."""
+
+    def __init__(
+        self,
+        url: str,
+        index: int,
+        settings: Settings,
+        instance: str,
+        on_acked: Callable[["RetainedLink", list[int]], None],
+        on_replaced: Callable[["RetainedLink"], None],
+    ) -> None:
+        parts = urlsplit(url)
+        self.url = url
+        self.index = index
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or (9001 if parts.scheme == "ws" else 1883)
+        self.transport = "websockets" if parts.scheme == "ws" else "tcp"
+        self.settings = settings
+        self.client_id = f"scheduler-{instance}-{index}"
+        self.mqtt5 = settings.mqtt_protocol in ("auto", "5")
+        self.connected = False
+        self._on_acked = on_acked
+        self._on_replaced = on_replaced
+        self._ever_connected = False
+        self._fallback_timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
+        self._acked: list[int] = []
+        self._handoff_scheduled = False
+        self._stopped = False
+        self.client = self._new_client()
+
+    def _new_client(self) -> mqtt.Client:
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=mqtt.MQTTv5 if self.mqtt5 else mqtt.MQTTv311,
+            transport=self.transport,  # type: ignore[arg-type]
+            clean_session=None if self.mqtt5 else True,
+        )
+        client.username_pw_set(self.settings.mqtt_username, self.settings.mqtt_password)
+        client.max_inflight_messages_set(1000)
+        client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_socket_open = self._on_socket_open
+        return client
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.client.connect_async(self.host, self.port, keepalive=30)
+        self.client.loop_start()
+
+    async def stop(self) -> None:
+        self._stopped = True
+        if self._fallback_timer is not None:
+            self._fallback_timer.cancel()
+        await asyncio.to_thread(self._stop_client, self.client)
+
+    @staticmethod
+    def _stop_client(client: mqtt.Client) -> None:
+        client.disconnect()
+        client.loop_stop()  # joins paho's thread: blocking, hence to_thread
+
+    def publish(self, topic: str, payload: bytes) -> int:
+        """Queue one retained status; returns its mid. Thread-safe in paho: it locks its own queues."""
+        info = self.client.publish(topic, payload, qos=1, retain=True)
+        # NO_CONN: paho keeps the message and sends it once connected.
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            raise ConnectionError(f"{self.url}: paho refused a publish ({mqtt.error_string(info.rc)})")
+        return info.mid
+
+    # --- paho's callbacks, on paho's thread: they reach the loop only through call_soon_threadsafe,
+    # since asyncio objects are not thread-safe.
+
+    def _on_socket_open(self, _c: mqtt.Client, _u: Any, _sock: Any) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._arm_fallback)
+
+    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        if reason.is_failure:
+            logger.error("%s refused the scheduler: %s", self.url, reason)
+            return
+        self._ever_connected = True
+        self.connected = True
+        version = "5" if self.mqtt5 else "3.1.1"
+        logger.info("scheduler connected to %s as %s (MQTT %s)", self.url, self.client_id, version)
+
+    def _on_disconnect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        if client is not self.client:
+            return  # the MQTT 5 attempt that was replaced
+        self.connected = False
+        if not self._stopped:
+            logger.warning("%s: connection lost (%s); paho reconnects and resends", self.url, reason)
+
+    def _on_publish(self, client: mqtt.Client, _u: Any, mid: int, _r: Any, _p: Any) -> None:
+        if client is not self.client:
+            return  # the MQTT 5 attempt that was replaced (it never had a CONNACK, so no PUBACK either)
+        # One hand-over to the loop per burst of PUBACKs, not one per message.
+        with self._lock:
+            self._acked.append(mid)
+            if self._handoff_scheduled:
+                return
+            self._handoff_scheduled = True
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._hand_over)
+
+    # --- on the loop
+
+    def _hand_over(self) -> None:
+        with self._lock:
+            mids, self._acked = self._acked, []
+            self._handoff_scheduled = False
+        self._on_acked(self, mids)
+
+    def _arm_fallback(self) -> None:
+        if (
+            self.mqtt5
+            and self.settings.mqtt_protocol == "auto"
+            and not self._ever_connected
+            and self._fallback_timer is None
+            and self._loop is not None
+        ):
+            # amqtt (MQTT 3.1.1 only) neither answers nor closes an MQTT 5 CONNECT.
+            self._fallback_timer = self._loop.call_later(CONNACK_TIMEOUT_S, self._connack_overdue)
+
+    def _connack_overdue(self) -> None:
+        if not self._ever_connected and not self._stopped:
+            logger.info("%s did not answer an MQTT 5 CONNECT; using MQTT 3.1.1", self.url)
+            asyncio.get_running_loop().create_task(self._fall_back())
+
+    async def _fall_back(self) -> None:
+        old = self.client
+        self.mqtt5 = False
+        self.client = self._new_client()
+        # At once, before anything else is published: what the old client held goes to the new one
+        # (paho keeps it until connected), so its mids cannot be mistaken for the new client's.
+        self._on_replaced(self)
+        await asyncio.to_thread(self._stop_client, old)
+        if not self._stopped:
+            self.start()

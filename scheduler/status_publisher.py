@@ -1,0 +1,201 @@
+"""Publishing what the scheduler settled: STATUS_CHANGED to RabbitMQ, the retained status to MQTT.
+
+Both are committed first to the restaurant's Redis hash by `StatusService.settle` (the outbox), and
+each outbox field is cleared only once its copy is confirmed: the event by RabbitMQ's publisher
+confirm, the retained status by the broker's PUBACK. What a crashed scheduler leaves behind is
+republished by the next leader (`republish`).
+"""
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
+from typing import TypeVar
+
+from core.amqp import EventPublisher
+from core.ids import status_topic
+from core.messages import Event
+from core.presence_store import STATUS_OUTBOX, PresenceStore, RestaurantSnapshot
+from core.settings import Settings
+from core.shards import shard_of
+from core.status_service import Settled
+from scheduler.metrics import SchedulerMetrics
+from scheduler.retained_link import RetainedLink
+from scheduler.retry import Abandoned
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Retry = Callable[[Callable[[], Awaitable[T]], str], Awaitable[T]]
+
+CONFIRM_TIMEOUT_S = 30.0  # a confirm that never comes (connection half dead) is retried; consumers dedupe
+MAX_PENDING_RETAINED = 20_000  # unacknowledged retained statuses, all shards (paho's mids go to 65,535)
+CLEAR_BATCH = 1000  # acknowledged retained statuses cleared per Redis round trip
+
+# The single-key compare-and-delete behind `clear_status_outbox` (which needs WATCH/MULTI, a
+# connection and four round trips per restaurant): here as a script, so that a burst pipelines it.
+CLEAR_IF_EQUAL = """
+if redis.call("HGET", KEYS[1], ARGV[1]) == ARGV[2] then
+  return redis.call("HDEL", KEYS[1], ARGV[1])
+end
+return 0
+"""
+OUTBOX_TIME = slice(2, 15)  # `o:<13-digit ms>:<uuid>`: when the event was committed
+
+
+class StatusPublisher:
+    def __init__(self, settings: Settings, store: PresenceStore, metrics: SchedulerMetrics, instance: str) -> None:
+        self.settings = settings
+        self.store = store
+        self.metrics = metrics
+        self.instance = instance
+        self.events = EventPublisher(settings)
+        self.links: list[RetainedLink] = []
+        self._pending: dict[tuple[int, int], tuple[str, str]] = {}  # (shard, mid) → (rid, status json)
+        self._slots = asyncio.Semaphore(MAX_PENDING_RETAINED)
+        self._acked: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+        self._clearer: asyncio.Task[None] | None = None
+        self._clearing = 0
+        self._retry: Retry[None] | None = None
+        self._clear_if_equal = store.redis.register_script(CLEAR_IF_EQUAL)
+
+    async def open(self, retry: Retry[None]) -> None:
+        """Connect to RabbitMQ (retried while it is away) and start one MQTT link per broker shard."""
+        self._retry = retry
+        await retry(self.events.open, "opening RabbitMQ")
+        self.links = [
+            RetainedLink(url, i, self.settings, self.instance, self._on_acked, self._on_replaced)
+            for i, url in enumerate(self.settings.mqtt_brokers)
+        ]
+        for link in self.links:
+            link.start()
+        self._clearer = asyncio.create_task(self._clear_acked(), name="retained-clearer")
+
+    async def close(self, wait_s: float = 5.0) -> None:
+        """Give the brokers a moment to acknowledge what is queued; the rest stays in Redis for the next leader."""
+        deadline = time.monotonic() + wait_s
+        while (self._pending or self._clearing or not self._acked.empty()) and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        if self._pending:
+            logger.warning("%d retained statuses unacknowledged at stop; the next leader republishes them",
+                           len(self._pending))  # fmt: skip
+        if self._clearer is not None:
+            self._clearer.cancel()
+            await asyncio.gather(self._clearer, return_exceptions=True)
+        for link in reversed(self.links):
+            await link.stop()
+        await self.events.close()
+
+    @property
+    def pending_retained(self) -> int:
+        return len(self._pending)
+
+    async def publish_event(self, event: Event) -> None:
+        await asyncio.wait_for(self.events.publish(event), CONFIRM_TIMEOUT_S)
+
+    async def confirm(self, restaurant_id: str, settled: Settled, retry: Retry[None]) -> bool:
+        """Publish a settled transition's STATUS_CHANGED and wait for RabbitMQ's confirm.
+
+        False if it cannot be published for a reason other than an outage: it stays in the outbox,
+        for the periodic sweep. Abandoned (no longer acting): it stays there for the next leader.
+        """
+        try:
+            await retry(partial(self.publish_event, settled.event), f"STATUS_CHANGED of {restaurant_id}")
+        except Abandoned:
+            raise
+        except Exception:
+            logger.exception("STATUS_CHANGED of %s not published; left in the outbox", restaurant_id)
+            return False
+        self.metrics.status_changes.inc()
+        return True
+
+    async def complete(self, published: Sequence[tuple[str, Settled]], retry: Retry[None]) -> None:
+        """After the confirms: their outbox fields cleared in one round trip, the retained statuses handed to MQTT."""
+        if published:
+            await retry(partial(self._clear_events, published), "clearing the outbox")
+        for rid, s in published:
+            await self.publish_retained(rid, s.status_json)
+
+    async def _clear_events(self, published: Sequence[tuple[str, Settled]]) -> None:
+        async with self.store.redis.pipeline(transaction=False) as pipe:
+            for rid, s in published:
+                pipe.hdel(self.store.key(rid), s.outbox_field)
+            await pipe.execute()
+
+    async def publish_retained(self, restaurant_id: str, status_json: str) -> None:
+        """Hand the status to its shard's MQTT link; its outbox field is cleared when the PUBACK comes."""
+        await self._slots.acquire()  # backpressure while a broker is away: paho would queue without bound
+        link = self.links[shard_of(restaurant_id, len(self.links))]
+        try:
+            mid = link.publish(status_topic(restaurant_id), status_json.encode())
+        except ConnectionError:
+            self._slots.release()
+            raise
+        self._pending[(link.index, mid)] = (restaurant_id, status_json)
+        self.metrics.retained_pending.set(len(self._pending))
+
+    async def republish(self, snap: RestaurantSnapshot, retry: Retry[None], older_than_ms: int | None = None) -> int:
+        """Publish what an earlier writer committed but never saw confirmed; returns the events republished.
+
+        With `older_than_ms` only events committed before then are taken (a periodic sweep: a live
+        writer may be publishing the newer ones right now) and the retained status is left alone.
+        """
+        names = sorted(n for n in snap.outbox if older_than_ms is None or _committed_ms(n) < older_than_ms)
+        for name in names:
+            await retry(partial(self.publish_event, Event.model_validate_json(snap.outbox[name])),
+                        f"republishing {name} of {snap.restaurant_id}")  # fmt: skip
+            self.metrics.outbox_republished.inc()
+        if names:
+            await retry(lambda: self.store.clear_outbox(snap.restaurant_id, names), "clearing the outbox")
+        if older_than_ms is None and snap.pending_status is not None:
+            await self.publish_retained(snap.restaurant_id, snap.pending_status)
+        return len(names)
+
+    # --- PUBACKs (on the loop: the links hand them over with call_soon_threadsafe)
+
+    def _on_acked(self, link: RetainedLink, mids: list[int]) -> None:
+        for mid in mids:
+            item = self._pending.pop((link.index, mid), None)
+            if item is not None:
+                self._acked.put_nowait(item)
+        self.metrics.retained_pending.set(len(self._pending))
+
+    def _on_replaced(self, link: RetainedLink) -> None:
+        """The link now speaks MQTT 3.1.1 on a new client: queue there what the old client held."""
+        held = [key for key in self._pending if key[0] == link.index]
+        for key in held:
+            rid, payload = self._pending.pop(key)
+            self._pending[(link.index, link.publish(status_topic(rid), payload.encode()))] = (rid, payload)
+
+    async def _clear_acked(self) -> None:
+        """Forget the retained statuses the broker has, a batch per round trip; a newer one queued meanwhile stays."""
+        assert self._retry is not None
+        while True:
+            batch = [await self._acked.get()]
+            while len(batch) < CLEAR_BATCH and not self._acked.empty():
+                batch.append(self._acked.get_nowait())
+            self._clearing = len(batch)
+            # Abandoned (stopping): the fields stay, and the next leader publishes the same statuses again.
+            with contextlib.suppress(Abandoned):
+                await self._retry(partial(self._clear_statuses, batch), "clearing retained statuses")
+            self.metrics.retained_acked.inc(len(batch))
+            for _ in batch:
+                self._slots.release()
+            self._clearing = 0
+
+    async def _clear_statuses(self, batch: Sequence[tuple[str, str]]) -> None:
+        """`PresenceStore.clear_status_outbox` for many restaurants: one compare-and-delete script each, pipelined."""
+        async with self.store.redis.pipeline(transaction=False) as pipe:
+            for rid, payload in batch:
+                await self._clear_if_equal(keys=[self.store.key(rid)], args=[STATUS_OUTBOX, payload], client=pipe)
+            await pipe.execute()
+
+
+def _committed_ms(outbox_field: str) -> int:
+    """When an outbox entry was written (`o:<13-digit ms>:<uuid>`); an unknown format counts as old."""
+    try:
+        return int(outbox_field[OUTBOX_TIME])
+    except ValueError:
+        return 0

@@ -1,0 +1,377 @@
+"""The scheduler on real Redis, RabbitMQ, FerretDB and Mosquitto/amqtt: clock boundaries → one STATUS_CHANGED each."""
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import threading
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
+from typing import Any, cast
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from redis.asyncio import Redis
+
+from core.clock_queue import ClockQueue
+from core.db import open_mongo
+from core.documents import Restaurant, UnavailabilityLog, UnavailabilityRecord
+from core.ids import status_topic
+from core.messages import Event, EventType, utc_now
+from core.presence_store import PresenceStore, outbox_field
+from core.profiles import load_profiles, restaurant_profile
+from core.settings import Settings
+from core.status import Unavailability, UnavailabilityReason
+from core.status_codec import profile_json
+from core.status_service import StatusService
+from scheduler.leader import LeaderLock
+from scheduler.worker import Scheduler
+from tests.devices import ALWAYS_OPEN, EventTap, make_restaurant, settle_time
+from tests.helpers import wait_until
+
+FAST = {
+    "scheduler_leader_ttl_s": 2.0,
+    "scheduler_safety_interval_s": 1.0,
+    "scheduler_lease_s": 5.0,
+    "scheduler_metrics_port": -1,
+}
+
+
+def unique(name: str) -> str:
+    # Mosquitto outlives a test and keeps retained statuses: ids unique to this run keep tests apart.
+    return f"{name}-{uuid.uuid4().hex[:8]}"
+
+
+def whole_ms(at: datetime) -> datetime:
+    """MongoDB keeps milliseconds: a time with microseconds would come back different from the rebuild."""
+    return at.replace(microsecond=at.microsecond // 1000 * 1000)
+
+
+@pytest.fixture
+async def env(settings: Settings) -> AsyncIterator[dict[str, Any]]:
+    fast = settings.model_copy(update=FAST)
+    mongo = await open_mongo(fast)
+    redis = Redis.from_url(fast.redis_url, decode_responses=True)
+    store = PresenceStore(redis, fast.redis_prefix)
+    async with EventTap(fast) as tap:
+        yield {"settings": fast, "tap": tap, "store": store, "clock": ClockQueue(redis, fast.redis_prefix),
+               "service": StatusService(store, timedelta(seconds=fast.stale_after_s))}  # fmt: skip
+    await redis.aclose()
+    await mongo.close()
+
+
+@asynccontextmanager
+async def running(settings: Settings, instance: str | None = None) -> AsyncIterator[Scheduler]:
+    """A scheduler that leads and has rebuilt once (or a follower, if another one leads)."""
+    scheduler = Scheduler(settings, instance)
+    task = asyncio.create_task(scheduler.run())
+    try:
+        await wait_until(lambda: scheduler.rebuilt.is_set() or task.done(), 30, message="scheduler never rebuilt")
+        if task.done():
+            task.result()
+        yield scheduler
+    finally:
+        scheduler.request_stop()
+        await asyncio.wait_for(task, 30)
+
+
+class StatusWatcher:
+    """Subscribes as the platform user to `restaurants/<rid>/status` and keeps every payload it gets."""
+
+    def __init__(self, url: str, settings: Settings, restaurant_id: str) -> None:
+        parts = urlsplit(url)
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 1883
+        self.settings = settings
+        self.topic = status_topic(restaurant_id)
+        # Appended from paho's thread, read by the test: list.append is atomic, nothing else is shared.
+        self.received: list[tuple[bool, dict[str, Any]]] = []
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=unique("watch"))
+
+    def __enter__(self) -> "StatusWatcher":
+        subscribed = threading.Event()
+        self.client.username_pw_set(self.settings.mqtt_username, self.settings.mqtt_password)
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(self.topic, qos=1)
+        self.client.on_subscribe = lambda c, u, mid, rc, p: subscribed.set()
+        self.client.on_message = lambda c, u, msg: self.received.append((bool(msg.retain), json.loads(msg.payload)))
+        self.client.connect(self.host, self.port, keepalive=10)
+        self.client.loop_start()
+        assert subscribed.wait(10), "status watcher could not subscribe"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def last(self) -> dict[str, Any] | None:
+        return self.received[-1][1] if self.received else None
+
+
+async def add_unavailability(env: dict[str, Any], rid: str, start: datetime, end: datetime) -> None:
+    """What the API does: MongoDB first, then the Redis profile, then the restaurant marked due."""
+    log = await UnavailabilityLog.get(rid) or UnavailabilityLog(id=rid)
+    log.items.append(
+        UnavailabilityRecord(id=uuid.uuid4().hex, reason=UnavailabilityReason.HOLIDAY, start=start, end=end)
+    )
+    await log.save()
+    doc = await Restaurant.get(rid)
+    assert doc is not None
+    await env["store"].set_profiles({rid: restaurant_profile(doc, log)})
+    await env["clock"].mark_now([rid])
+
+
+def reasons(events: list[dict[str, Any]]) -> list[str | None]:
+    return [e["data"]["reason"] for e in events]
+
+
+def parse(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+def since(event: dict[str, Any]) -> datetime:
+    return parse(event["data"]["since"])
+
+
+async def outbox_empty(store: PresenceStore, rid: str) -> bool:
+    fields = cast(list[str], await store.redis.hkeys(store.key(rid)))
+    return not any(f == "m" or f.startswith("o:") for f in fields)
+
+
+def assert_once_on_both_queues(env: dict[str, Any], rid: str, expected: list[str | None]) -> None:
+    settings, tap = env["settings"], env["tap"]
+    for queue in (settings.dashboard_queue, settings.aggregator_queue):
+        events = tap.of(rid, "STATUS_CHANGED", queue)
+        assert reasons(events) == expected, queue
+        assert len({e["event_id"] for e in events}) == len(events), queue
+
+
+@pytest.mark.parametrize("broker", ["mosquitto", "amqtt"])
+async def test_unavailability_boundaries_give_one_status_change_each(
+    broker: str, env: dict[str, Any], stack: Any
+) -> None:
+    url = stack.mosquitto_url if broker == "mosquitto" else stack.amqtt_url
+    settings = env["settings"].model_copy(update={"mqtt_brokers": [url]})
+    rid = unique("s-bound")
+    await make_restaurant(settings, stack, rid)
+    with StatusWatcher(url, settings, rid) as watcher:
+        async with running(settings):
+            first = await env["tap"].wait_for(rid, "STATUS_CHANGED")
+            assert reasons(first) == ["DISCONNECTED"]  # open around the clock, no device
+            start = whole_ms(utc_now() + timedelta(seconds=2))
+            end = start + timedelta(seconds=2)
+            await add_unavailability(env, rid, start, end)
+            changed = await env["tap"].wait_for(rid, "STATUS_CHANGED", 3, timeout=30)
+            assert reasons(changed) == ["DISCONNECTED", "UNAVAILABLE", "DISCONNECTED"]
+            assert changed[1]["data"]["detail"] == "HOLIDAY"
+            # `since` is the boundary itself, and nothing was announced before it.
+            assert since(changed[1]) == start and datetime.fromisoformat(changed[1]["ts"]) >= start
+            assert since(changed[2]) == end and datetime.fromisoformat(changed[2]["ts"]) >= end
+            await wait_until(lambda: (s := watcher.last()) is not None and parse(s["since"]) == end, 10,
+                             message="retained status after the end")  # fmt: skip
+            await wait_until(lambda: outbox_empty(env["store"], rid), 10, message="outbox never cleared")
+            await settle_time(0.5)
+            assert_once_on_both_queues(env, rid, ["DISCONNECTED", "UNAVAILABLE", "DISCONNECTED"])
+    assert [s["reason"] for _, s in watcher.received if s["reason"] == "UNAVAILABLE"] == ["UNAVAILABLE"]
+    with StatusWatcher(url, settings, rid) as late:  # the broker keeps the last one for whoever comes next
+        await wait_until(lambda: late.received, 10, message="no retained status")
+        retained, status = late.received[0]
+        assert retained and status["reason"] == "DISCONNECTED" and parse(status["since"]) == end
+
+
+async def test_boundary_missed_while_stopped_is_announced_once_after_restart(env: dict[str, Any], stack: Any) -> None:
+    settings = env["settings"]
+    rid = unique("s-missed")
+    await make_restaurant(settings, stack, rid)
+    async with running(settings):
+        await env["tap"].wait_for(rid, "STATUS_CHANGED")
+    mongo = await open_mongo(settings)  # the stopped scheduler closed the client Beanie was bound to
+    start = whole_ms(utc_now() + timedelta(seconds=1))
+    await add_unavailability(env, rid, start, start + timedelta(hours=1))
+    await wait_until(lambda: utc_now() > start + timedelta(milliseconds=200), 10)
+    async with running(settings):
+        changed = await env["tap"].wait_for(rid, "STATUS_CHANGED", 2)
+        assert reasons(changed) == ["DISCONNECTED", "UNAVAILABLE"] and since(changed[1]) == start
+        await wait_until(lambda: outbox_empty(env["store"], rid), 10, message="outbox never cleared")
+    async with running(settings):  # nothing new: a second restart settles the same status again, silently
+        await settle_time(0.5)
+    assert_once_on_both_queues(env, rid, ["DISCONNECTED", "UNAVAILABLE"])
+    await mongo.close()
+
+
+async def test_outbox_left_by_a_crashed_scheduler_is_published_once(env: dict[str, Any], stack: Any) -> None:
+    settings, store = env["settings"], env["store"]
+    rid = unique("s-crash")
+    await make_restaurant(settings, stack, rid)
+    await store.put_profiles(await load_profiles([rid]))
+    # Committed, then the scheduler died before RabbitMQ and the broker had it: only Redis knows.
+    settled = await env["service"].settle(rid)
+    assert settled is not None
+    with StatusWatcher(stack.mosquitto_url, settings, rid) as watcher:
+        async with running(settings):
+            changed = await env["tap"].wait_for(rid, "STATUS_CHANGED")
+            assert changed[0]["event_id"] == settled.event.event_id
+            await wait_until(lambda: watcher.last() == json.loads(settled.status_json), 10, message="retained")
+            await wait_until(lambda: outbox_empty(store, rid), 10, message="outbox never cleared")
+            await settle_time(0.5)
+    assert_once_on_both_queues(env, rid, ["DISCONNECTED"])
+
+
+async def test_two_schedulers_one_acts_and_the_other_takes_over(env: dict[str, Any], stack: Any) -> None:
+    settings = env["settings"]
+    rid = unique("s-two")
+    await make_restaurant(settings, stack, rid)
+    schedulers = [Scheduler(settings, "one"), Scheduler(settings, "two")]
+    tasks = [asyncio.create_task(s.run()) for s in schedulers]
+    try:
+        await wait_until(lambda: any(s.rebuilt.is_set() for s in schedulers), 30, message="nobody leads")
+        leader, follower = schedulers if schedulers[0].leading.is_set() else schedulers[::-1]
+        await env["tap"].wait_for(rid, "STATUS_CHANGED")
+        start = whole_ms(utc_now() + timedelta(seconds=1))
+        end = start + timedelta(seconds=2)
+        await add_unavailability(env, rid, start, end)
+        await env["tap"].wait_for(rid, "STATUS_CHANGED", 2)
+        assert not follower.leading.is_set()
+        assert follower.metrics.claimed._value.get() == 0 and leader.metrics.claimed._value.get() > 0
+        leader.request_stop()  # it releases the lock; the follower takes it at its next try
+        await wait_until(follower.rebuilt.is_set, 20, message="the follower never took over")
+        changed = await env["tap"].wait_for(rid, "STATUS_CHANGED", 3, timeout=30)
+        assert since(changed[2]) == end
+        await settle_time(0.5)
+        assert_once_on_both_queues(env, rid, ["DISCONNECTED", "UNAVAILABLE", "DISCONNECTED"])
+    finally:
+        for s in schedulers:
+            s.request_stop()
+        await asyncio.wait_for(asyncio.gather(*tasks), 30)
+
+
+async def test_leader_lock_expires_when_not_renewed(env: dict[str, Any]) -> None:
+    redis, key = env["store"].redis, f"{env['settings'].redis_prefix}lock-test"
+    first, second = LeaderLock(redis, key, "first", 0.5), LeaderLock(redis, key, "second", 0.5)
+    assert await first.acquire() and first.valid()
+    assert not await second.acquire()
+    assert await first.renew()
+    await wait_until(second.acquire, 5, message="the lock never expired")  # first stopped renewing
+    assert not await first.renew() and not first.valid()
+    await first.release()  # not its lock any more: nothing happens
+    assert await second.current_holder() == "second"
+    await second.release()
+    assert await second.current_holder() is None
+
+
+async def test_burst_of_200_openings_in_one_batch(env: dict[str, Any]) -> None:
+    settings, store, clock, tap = env["settings"], env["store"], env["clock"], env["tap"]
+    ids = [f"{unique('s-burst')}-{n:03d}" for n in range(200)]
+    start = whole_ms(utc_now() + timedelta(seconds=5))
+    holiday = Unavailability(start, start + timedelta(hours=1), UnavailabilityReason.HOLIDAY)
+    # Straight into Redis, as the API would write them; MongoDB does not know these restaurants.
+    await store.set_profiles({rid: profile_json("A", "UTC", ALWAYS_OPEN, [holiday]) for rid in ids})
+    await clock.mark_now(ids)
+    async with running(settings) as scheduler:
+        histogram = scheduler.metrics.batch_size
+
+        def batches_of_200() -> float:
+            le = {s.labels["le"]: s.value for m in histogram.collect() for s in m.samples if s.name.endswith("_bucket")}
+            return le["200.0"] - le["100.0"]
+
+        await wait_until(lambda: all(tap.of(rid, "STATUS_CHANGED") for rid in ids), 20, message="initial statuses")
+        before = batches_of_200()
+        await wait_until(lambda: all(len(tap.of(rid, "STATUS_CHANGED")) == 2 for rid in ids), 30,
+                         message="not every restaurant became unavailable")  # fmt: skip
+        assert batches_of_200() == before + 1  # all 200 in one claim
+        statuses, unknown = await env["service"].current(ids)
+        assert not unknown and all(s.reason == "UNAVAILABLE" and s.since == start for s in statuses)
+        for rid in ids:
+            assert since(tap.of(rid, "STATUS_CHANGED")[1]) == start
+        end_ms = int((start + timedelta(hours=1)).timestamp() * 1000)
+
+        async def all_wait_for_the_end() -> bool:
+            return await clock.next_due() == end_ms and await clock.size() == len(ids)
+
+        await wait_until(all_wait_for_the_end, 10, message="not every restaurant queued at its next boundary")
+        await settle_time(0.5)
+    for rid in ids:
+        assert_once_on_both_queues(env, rid, ["DISCONNECTED", "UNAVAILABLE"])
+
+
+async def test_unknown_restaurant_is_dropped_from_the_queue(env: dict[str, Any]) -> None:
+    await env["clock"].mark_now([unique("never-provisioned")])
+    async with running(env["settings"]):
+        await wait_until(lambda: _queue_empty(env["clock"]), 10, message="unknown id still queued")
+
+
+async def _queue_empty(clock: ClockQueue) -> bool:
+    return await clock.size() == 0
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PRESENCE_")}
+    for name, value in settings.model_dump(mode="json").items():
+        env[f"PRESENCE_{name.upper()}"] = json.dumps(value) if isinstance(value, list) else str(value)
+    return env
+
+
+async def test_python_m_scheduler_leads_and_stops_on_sigterm(env: dict[str, Any]) -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "scheduler", "--instance", unique("sigterm"),
+        env=settings_env(env["settings"]), stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stderr is not None
+    lines: list[str] = []
+
+    async def read_until(text: str) -> None:
+        while not any(text in line for line in lines):
+            line = await process.stderr.readline()  # type: ignore[union-attr]
+            assert line, f"scheduler exited before logging {text!r}: {lines}"
+            lines.append(line.decode())
+
+    try:
+        await asyncio.wait_for(read_until("rebuilt from MongoDB"), 30)
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(read_until("stopped"), 30)
+        assert await asyncio.wait_for(process.wait(), 10) == 0
+        assert not any(" ERROR " in line or "Traceback" in line for line in lines), lines
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+@pytest.mark.skipif(bool(os.environ.get("PRESENCE_TEST_REUSE")), reason="freezes the test session's own Redis")
+async def test_redis_that_stops_answering_costs_the_lead_and_nothing_else(env: dict[str, Any], stack: Any) -> None:
+    settings = env["settings"]
+    rid = unique("s-frozen")
+    await make_restaurant(settings, stack, rid)
+    async with running(settings) as scheduler:
+        await env["tap"].wait_for(rid, "STATUS_CHANGED")
+        pid = stack.redis.pid
+        os.kill(pid, signal.SIGSTOP)  # a partition: Redis neither answers nor refuses
+        try:
+            await wait_until(lambda: not scheduler.leading.is_set(), 20, message="never noticed its lease ran out")
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        await wait_until(scheduler.rebuilt.is_set, 40, message="never led again")
+        start = whole_ms(utc_now() + timedelta(seconds=1))
+        await add_unavailability(env, rid, start, start + timedelta(hours=1))
+        changed = await env["tap"].wait_for(rid, "STATUS_CHANGED", 2, timeout=30)
+        assert since(changed[1]) == start
+        await settle_time(0.5)
+    assert_once_on_both_queues(env, rid, ["DISCONNECTED", "UNAVAILABLE"])
+
+
+async def test_outbox_entry_left_behind_is_republished_by_the_periodic_sweep(env: dict[str, Any], stack: Any) -> None:
+    settings = env["settings"].model_copy(update={"scheduler_rebuild_interval_s": 1.0, "scheduler_outbox_grace_s": 0.5})
+    store = env["store"]
+    rid = unique("s-sweep")
+    await make_restaurant(settings, stack, rid)
+    async with running(settings):
+        await env["tap"].wait_for(rid, "STATUS_CHANGED")
+        # A writer (an API request, a bridge) committed an event and died before RabbitMQ confirmed it.
+        event = Event(type=EventType.UNAVAILABILITY_CANCELLED, restaurant_id=rid, data={"note": "left behind"})
+        await store.redis.hset(store.key(rid), outbox_field(), event.model_dump_json())
+        seen = await env["tap"].wait_for(rid, "UNAVAILABILITY_CANCELLED", timeout=20)
+        assert [e["event_id"] for e in seen] == [event.event_id]
+        await wait_until(lambda: outbox_empty(store, rid), 10, message="outbox never cleared")
