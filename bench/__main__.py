@@ -2,6 +2,8 @@
 
 ingest  heartbeats/s through one bridge process (goal ≥ 25,000/s) against the naive baseline bridge
 birth   p50/p99 from a device's birth to its restaurant being online in the API
+burst   the 10:00 opening: N restaurants open at once; time until every status, event and retained copy is right
+ranking the offline ranking over N restaurants × 30 days of history: top 100 and full CSV (goals ≤ 1 s, ≤ 5 s)
 """
 
 import argparse
@@ -18,21 +20,23 @@ from bench.birth_latency import birth_benchmark
 from bench.harness import Machine
 from bench.ingest import IngestConfig, ingest_benchmark
 from bench.load import publisher_count
+from bench.opening_burst import burst_benchmark, burst_rows
 from bench.profiling import summarise
+from bench.ranking import ranking_benchmark, ranking_rows
 from bench.report import Row, birth_rows, ingest_rows, render, save
 from stack.process import REPO_ROOT
 
 GOAL_HEARTBEATS_PER_S = 25_000.0
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-FULL = {"devices": 6000, "duration": 30.0, "births": 300, "drain": 120.0}
-QUICK = {"devices": 2000, "duration": 10.0, "births": 100, "drain": 30.0}
+FULL = {"devices": 6000, "duration": 30.0, "births": 300, "drain": 120.0, "restaurants": 100_000, "ranked": 100_000}
+QUICK = {"devices": 2000, "duration": 10.0, "births": 100, "drain": 30.0, "restaurants": 5000, "ranked": 10_000}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("which", nargs="?", choices=["all", "ingest", "birth"], default="all")
+    parser.add_argument("which", nargs="?", choices=["all", "ingest", "birth", "burst", "ranking"], default="all")
     parser.add_argument("--quick", action="store_true", help="reduced sizes: all of it in under two minutes")
     parser.add_argument("--devices", type=int, help="ingest: devices (= restaurants), one connection each")
     parser.add_argument("--duration", type=float, help="ingest: seconds of heartbeats")
@@ -46,6 +50,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--naive-concurrency", type=int, default=100, help="ingest: baseline's messages in flight")
     parser.add_argument("--mqtt-protocol", default="auto", help="ingest: the bridge's mqtt_protocol setting")
     parser.add_argument("--births", type=int, help="birth: measured births (after one warm-up round)")
+    parser.add_argument("--restaurants", type=int, help="burst: restaurants opening at the same instant")
+    parser.add_argument("--ranked", type=int, help="ranking: restaurants in the 30 days of history")
     parser.add_argument(
         "--profile",
         type=Path,
@@ -107,6 +113,18 @@ def main(argv: list[str] | None = None) -> int:
         result = birth_benchmark(births, args.keep)
         rows += birth_rows(result)
         raw["birth"] = dataclasses.asdict(result)
+    if args.which in ("all", "burst"):
+        restaurants = args.restaurants or int(sizes["restaurants"])
+        print(f"bench: opening burst of {restaurants:,} restaurants", file=sys.stderr)
+        burst = burst_benchmark(restaurants, args.keep)
+        rows += burst_rows(burst)
+        raw["burst"] = dataclasses.asdict(burst)
+    if args.which in ("all", "ranking"):
+        ranked = args.ranked or int(sizes["ranked"])
+        print(f"bench: offline ranking over {ranked:,} restaurants × 30 days", file=sys.stderr)
+        ranking = ranking_benchmark(ranked, keep=args.keep)
+        rows += ranking_rows(ranking)
+        raw["ranking"] = dataclasses.asdict(ranking)
     meta["seconds"] = round(time.monotonic() - t0, 1)
     print()
     print(f"{meta['command']}  —  {meta['date']}  —  {meta['machine']}  —  {meta['seconds']} s")
