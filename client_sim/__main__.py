@@ -74,6 +74,14 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
         help="local address to connect from; repeat to spread connections (e.g. 127.0.0.2 … 127.0.0.9)")
     add("--loopback-sources", type=int, default=0, metavar="N",
         help="connect from 127.0.0.2 … 127.0.0.N+1 (for more than ~10,000 connections on one machine)")
+    add("--api-url", default=None, metavar="URL",
+        help="the API (e.g. http://127.0.0.1:8000): needed for --schedule-rate")
+    add("--schedule-rate", type=float, default=0.0,
+        help="unavailabilities scheduled per second through the API, over all restaurants (default: none)")
+    add("--schedule-lead", type=_range, default=(0.0, 30.0),
+        help="MIN:MAX seconds from now to an unavailability's start; under 1 s it starts now")
+    add("--schedule-length", type=_range, default=(10.0, 120.0), help="MIN:MAX seconds an unavailability lasts")
+    add("--cancel-share", type=float, default=0.3, help="share of them cancelled early (default: %(default)s)")
     add("--quiet", action="store_true", help="no progress display")
     add("--log-level", default="INFO")
     return parser
@@ -84,6 +92,10 @@ def config_from_args(args: argparse.Namespace, settings: Settings) -> SimConfig:
         raise ConfigError("--devices must be at least 1")
     if args.duration <= 0 or args.ramp < 0 or args.heartbeat_interval <= 0 or args.churn_rate < 0:
         raise ConfigError("--duration and --heartbeat-interval must be positive, --ramp and --churn-rate not negative")
+    if args.schedule_rate < 0 or not 0 <= args.cancel_share <= 1:
+        raise ConfigError("--schedule-rate must not be negative and --cancel-share must be within 0..1")
+    if args.schedule_rate > 0 and not args.api_url:
+        raise ConfigError("--schedule-rate needs --api-url")
     return SimConfig(
         brokers=args.broker or list(settings.mqtt_brokers),
         devices_per_restaurant=args.devices,
@@ -103,6 +115,11 @@ def config_from_args(args: argparse.Namespace, settings: Settings) -> SimConfig:
         truth_heartbeats="all" if args.truth_heartbeats else "edges",
         connect_threads=args.connect_threads,
         bind_addresses=args.bind_address + loopback_sources(args.loopback_sources),
+        api_url=args.api_url,
+        schedule_rate=args.schedule_rate,
+        schedule_lead_s=args.schedule_lead,
+        schedule_length_s=args.schedule_length,
+        cancel_share=args.cancel_share,
     )
 
 

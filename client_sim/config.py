@@ -45,6 +45,12 @@ class SimConfig:
     # well before that; several loopback sources keep tens of thousands of connections cheap.
     bind_addresses: list[str] = field(default_factory=list)
     device_prefix: str = "dev-"
+    # Unavailabilities scheduled through the API (client_sim/schedules.py): none without an API URL.
+    api_url: str | None = None
+    schedule_rate: float = 0.0  # per second, over all restaurants
+    schedule_lead_s: tuple[float, float] = (0.0, 30.0)  # below 1 s the unavailability starts "now"
+    schedule_length_s: tuple[float, float] = (10.0, 120.0)
+    cancel_share: float = 0.3  # of them cancelled at a random instant before they end
 
     def device_ids(self) -> list[str]:
         return [f"{self.device_prefix}{index}" for index in range(1, self.devices_per_restaurant + 1)]

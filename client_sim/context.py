@@ -31,6 +31,7 @@ class SimStats:
     status_received: int = 0
     unexpected_messages: int = 0  # on a topic other than the restaurant's status: a broker bug
     actions: dict[str, int] = field(default_factory=dict)
+    schedules: dict[str, int] = field(default_factory=dict)  # unavailabilities through the API
 
 
 @dataclass(slots=True)

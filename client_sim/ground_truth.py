@@ -21,6 +21,8 @@ Every line has `ts` (wall clock, epoch ms), `event`, `rid`, `did`, `epoch` and e
 | `status_received` | `payload` | the retained status the platform published for the restaurant |
 | `connack_timeout` / `stopped` | | no CONNACK in time / stopped while still connecting |
 | `unexpected_message` | `topic`, `payload` | the broker delivered something other than the own status |
+| `unavailability_created` | `uid`, `reason`, `start`, `end` | the API accepted it (times in epoch ms, as stored) |
+| `unavailability_cancelled` | `uid`, `cancelled_at` | the API cancelled it at `cancelled_at` (epoch ms) |
 
 A crash or a stop also ends a silence: the app comes back without its hang. By default heartbeats
 are logged at the edges of each run of them (first and last), enough for last_seen at any instant;
@@ -30,10 +32,12 @@ are logged at the edges of each run of them (first and last), enough for last_se
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
 from client_sim.epochs import wall_ms
+from core.status import Unavailability, UnavailabilityReason
 
 SESSION_END_EVENTS = frozenset({"graceful_offline", "crash", "flap", "connection_lost"})
 
@@ -114,6 +118,33 @@ def device_truth(events: Iterable[dict[str, Any]], at_ms: int) -> dict[tuple[str
         elif kind in SESSION_END_EVENTS:
             truth.ended, truth.heartbeating = True, False
     return devices
+
+
+def unavailabilities_from_log(events: Iterable[dict[str, Any]]) -> dict[str, list[Unavailability]]:
+    """Per restaurant, the unavailabilities the API accepted, with their cancel instants."""
+    created: dict[str, tuple[str, dict[str, Any]]] = {}
+    cancelled: dict[str, int] = {}
+    for event in events:
+        if event["event"] == "unavailability_created":
+            created[event["uid"]] = (event["rid"], event)
+        elif event["event"] == "unavailability_cancelled":
+            cancelled[event["uid"]] = event["cancelled_at"]
+    out: dict[str, list[Unavailability]] = {}
+    for uid, (rid, event) in created.items():
+        cancel = cancelled.get(uid)
+        out.setdefault(rid, []).append(
+            Unavailability(
+                start=_at(event["start"]),
+                end=_at(event["end"]),
+                reason=UnavailabilityReason(event["reason"]),
+                cancelled_at=_at(cancel) if cancel is not None else None,
+            )
+        )
+    return out
+
+
+def _at(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
 def expected_connected(events: Iterable[dict[str, Any]], at_ms: int, window_s: float = 120.0) -> set[str]:

@@ -16,6 +16,7 @@ from client_sim.device import SimDevice
 from client_sim.ground_truth import TruthLog
 from client_sim.mqtt_pump import MqttPump
 from client_sim.scenario import ScenarioRunner
+from client_sim.schedules import ScheduleDriver
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,10 @@ class Simulator:
         ]
         self._by_key = {(d.rid, d.did): d for d in self.devices}
         self.scenario = ScenarioRunner(self.devices, config, self.rng)
+        self.schedules = (
+            ScheduleDriver(config, restaurants, self.truth, self.rng)
+            if config.api_url and config.schedule_rate > 0 else None
+        )
         self._stop_requested = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
         self._started = False
@@ -95,9 +100,16 @@ class Simulator:
         """Follow the configured scenario for its duration, then stop gracefully."""
         if not self._started:
             await self.start()
+        schedules_done = asyncio.Event()
+        driver = None
+        if self.schedules is not None:
+            driver = asyncio.get_running_loop().create_task(self.schedules.run(schedules_done))
         try:
             await self.scenario.run(self._stop_requested)
         finally:
+            schedules_done.set()
+            if driver is not None:
+                await asyncio.gather(driver, return_exceptions=True)
             await self.stop()
         return self.stats
 
@@ -107,6 +119,9 @@ class Simulator:
             return
         self._started = False
         await self.scenario.close()
+        if self.schedules is not None:
+            await self.schedules.close()
+            self.stats.schedules = self.schedules.summary()
         for device in self.devices:
             device.finished = True
         await asyncio.gather(*(device.stop(final=True) for device in self.devices))

@@ -1,0 +1,147 @@
+"""Restaurants scheduling and cancelling unavailabilities through the API, as their staff would.
+
+Each action logs to the ground truth what the API accepted (`unavailability_created` with the
+window the API stored, `unavailability_cancelled` with the cancel instant the API stored), so the
+expected status of a restaurant at any instant can be replayed from the log (`ground_truth`).
+"""
+
+import asyncio
+import logging
+import random
+from collections.abc import Coroutine, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+
+from client_sim.config import SimConfig
+from client_sim.credentials import RestaurantCredential
+from client_sim.ground_truth import TruthLog
+from core.status import UnavailabilityReason
+
+logger = logging.getLogger(__name__)
+
+REASONS = tuple(UnavailabilityReason)
+HTTP_TIMEOUT_S = 10.0
+
+
+def _ms(text: str) -> int:
+    return int(datetime.fromisoformat(text).timestamp() * 1000)
+
+
+class ScheduleDriver:
+    """`run(stop)` schedules at `config.schedule_rate` per second until stopped; errors are counted."""
+
+    def __init__(self, config: SimConfig, restaurants: Sequence[RestaurantCredential], truth: TruthLog,
+                 rng: random.Random, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        """`transport`: for tests that talk to the app in-process instead of over TCP."""
+        assert config.api_url, "schedules need the API's URL"
+        self.config = config
+        self.restaurants = list(restaurants)
+        self.truth = truth
+        self.rng = rng
+        self.created = 0
+        self.cancelled = 0
+        self.cancel_refused = 0
+        self.errors = 0
+        self._tokens: dict[str, str] = {}
+        self._pending: set[asyncio.Task[None]] = set()
+        self._logged_errors: set[str] = set()
+        self._http = httpx.AsyncClient(base_url=config.api_url, timeout=HTTP_TIMEOUT_S, transport=transport)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        if self.config.schedule_rate <= 0 or not self.restaurants:
+            return
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), self.rng.expovariate(self.config.schedule_rate))
+            except TimeoutError:
+                self._spawn(self.schedule_one(self.rng.choice(self.restaurants)))
+
+    async def close(self) -> None:
+        """Let actions in flight finish (cancels still waiting are dropped: the run is over)."""
+        for task in list(self._pending):
+            task.cancel()
+        await asyncio.gather(*self._pending, return_exceptions=True)
+        await self._http.aclose()
+
+    def summary(self) -> dict[str, int]:
+        return {"created": self.created, "cancelled": self.cancelled, "cancel_refused": self.cancel_refused,
+                "errors": self.errors}
+
+    async def schedule_one(self, restaurant: RestaurantCredential) -> None:
+        """One unavailability now or soon; some are cancelled later (during or before them)."""
+        lead = self.rng.uniform(*self.config.schedule_lead_s)
+        length = self.rng.uniform(*self.config.schedule_length_s)
+        now = datetime.now(UTC)
+        body: dict[str, str] = {"reason": self.rng.choice(REASONS).value, "note": "client_sim"}
+        start = now + timedelta(seconds=lead)
+        if lead >= 1.0:
+            body["start"] = start.isoformat()  # else "now": the API stamps the start itself
+        body["end"] = (start + timedelta(seconds=length)).isoformat()
+        response = await self._call(restaurant, "POST", f"/restaurants/{restaurant.restaurant_id}/unavailabilities",
+                                    json=body)
+        if response is None or response.status_code != 201:
+            return
+        record = response.json()
+        self.created += 1
+        self.truth.write("unavailability_created", restaurant.restaurant_id, uid=record["id"],
+                         reason=record["reason"], start=_ms(record["start"]), end=_ms(record["end"]))
+        if self.rng.random() < self.config.cancel_share:
+            delay = self.rng.uniform(0, lead + length)
+            self._spawn(self._cancel_later(restaurant, record["id"], delay))
+
+    async def _cancel_later(self, restaurant: RestaurantCredential, uid: str, delay: float) -> None:
+        await asyncio.sleep(delay)
+        path = f"/restaurants/{restaurant.restaurant_id}/unavailabilities/{uid}"
+        response = await self._call(restaurant, "DELETE", path)
+        if response is None:
+            return
+        if response.status_code == 409:  # it ended first: nothing to cancel
+            self.cancel_refused += 1
+            return
+        if response.status_code == 200:
+            self.cancelled += 1
+            cancelled_at = response.json()["cancelled_at"]
+            self.truth.write("unavailability_cancelled", restaurant.restaurant_id, uid=uid,
+                             cancelled_at=_ms(cancelled_at))
+
+    async def _call(self, restaurant: RestaurantCredential, method: str, path: str,
+                    **kwargs: object) -> httpx.Response | None:
+        for attempt in range(2):
+            try:
+                headers = {"Authorization": f"Bearer {await self._token(restaurant)}"}
+                response = await self._http.request(method, path, headers=headers, **kwargs)  # type: ignore[arg-type]
+            except (httpx.HTTPError, PermissionError) as exc:
+                self._error(f"{method} {path.split('/')[1]}", str(exc))
+                return None
+            if response.status_code == 401 and attempt == 0:
+                self._tokens.pop(restaurant.restaurant_id, None)  # expired: log in again once
+                continue
+            if response.status_code >= 400 and response.status_code != 409:
+                self._error(f"{method} {response.status_code}", response.text[:200])
+            return response
+        return None
+
+    async def _token(self, restaurant: RestaurantCredential) -> str:
+        token = self._tokens.get(restaurant.restaurant_id)
+        if token is None:
+            response = await self._http.post(
+                "/auth/token", data={"username": restaurant.restaurant_id, "password": restaurant.secret}
+            )
+            if response.status_code != 200:
+                raise PermissionError(f"login of {restaurant.restaurant_id} refused: {response.status_code}")
+            token = str(response.json()["access_token"])
+            self._tokens[restaurant.restaurant_id] = token
+        return token
+
+    def _error(self, kind: str, detail: str) -> None:
+        self.errors += 1
+        if kind not in self._logged_errors:  # once per kind: a down API must not flood the log
+            self._logged_errors.add(kind)
+            logger.warning("schedule call failed (%s): %s", kind, detail)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
