@@ -9,10 +9,15 @@ import aio_pika
 from fastapi import FastAPI
 from redis.asyncio import Redis
 
+from api.dashboard_hub import DashboardHub
+from core.amqp import EventPublisher
+from core.clock_queue import ClockQueue
 from core.db import open_mongo
 from core.presence_store import PresenceStore
+from core.restaurant_admin import RestaurantAdmin
 from core.settings import Settings
 from core.status_service import StatusService
+from core.unavailabilities import UnavailabilityLimits, UnavailabilityService
 
 logger = logging.getLogger(__name__)
 
@@ -28,16 +33,29 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         mongo = await open_mongo(settings)
         stack.push_async_callback(mongo.close)
 
-        # Kept open for the unavailability events the API publishes (DESIGN.md §4).
+        # /readyz watches this connection; the events themselves go through `events` below.
         amqp = await aio_pika.connect_robust(settings.amqp_url)
         stack.push_async_callback(amqp.close)
+
+        # UNAVAILABILITY_CREATED / _CANCELLED, published with confirms on a channel of its own.
+        events = EventPublisher(settings)
+        await events.open()
+        stack.push_async_callback(events.close)
 
         app.state.redis = redis
         app.state.mongo = mongo
         app.state.amqp = amqp
-        app.state.status_service = StatusService(
-            PresenceStore(redis, settings.redis_prefix), timedelta(seconds=settings.stale_after_s)
+        store = PresenceStore(redis, settings.redis_prefix)
+        clock = ClockQueue(redis, settings.redis_prefix)
+        app.state.status_service = StatusService(store, timedelta(seconds=settings.stale_after_s))
+        app.state.events = events
+        app.state.unavailabilities = UnavailabilityService(
+            store, clock, events, UnavailabilityLimits.from_settings(settings), settings.event_publish_timeout_s
         )
+        app.state.restaurant_admin = RestaurantAdmin(store, clock)
+        # --- dashboard feed: follows the feed's Redis stream from the first dashboard on (api/dashboard_hub.py) ---
+        app.state.dashboard_hub = DashboardHub(redis, settings)
+        stack.push_async_callback(app.state.dashboard_hub.close)
         logger.info("api ready: redis prefix %r, mongo db %r", settings.redis_prefix, settings.mongo_db)
         yield
         logger.info("api shutting down")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the platform and its tests need; idempotent and quick when all is in place.
-#   - Debian packages: mosquitto, mosquitto-clients, redis-server, rabbitmq-server
+#   - Debian packages: mosquitto, mosquitto-clients, redis-server, rabbitmq-server, chromium
+#     (headless, for the browser tests; driven by Playwright, which never downloads a browser)
 #   - .venv with the project and its dev extras (re-installed only when pyproject.toml changes)
 #   - .tools/ferretdb: FerretDB v1.24.2 built from its Go module (SQLite backend, no PostgreSQL)
 #   - web/node_modules: front-end packages the API serves itself (npm ci)
@@ -10,7 +11,7 @@ cd "$(dirname "$0")/.."
 
 FERRETDB_MODULE="github.com/FerretDB/FerretDB"
 FERRETDB_VERSION="v1.24.2"
-APT_PACKAGES=(mosquitto mosquitto-clients redis-server rabbitmq-server)
+APT_PACKAGES=(mosquitto mosquitto-clients redis-server rabbitmq-server chromium)
 
 log() { printf 'install: %s\n' "$*" >&2; }
 
