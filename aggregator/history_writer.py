@@ -44,7 +44,7 @@ class ProfileCache:
 
         for rid, doc in zip(ask, await asyncio.gather(*(one(rid) for rid in ask)), strict=True):
             if doc is not None:
-                out[rid] = Profile(doc.timezone, doc.group)
+                out[rid] = Profile(doc.timezone, doc.group, doc.created_at)
                 self._cache[rid] = (now + self.ttl_s, out[rid])
         if len(self._cache) > 200_000:
             self._cache = {k: v for k, v in self._cache.items() if v[0] > now}

@@ -159,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(settings).parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("asyncio").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per API request otherwise
     try:
         config = config_from_args(args, settings)
         summary = asyncio.run(run(config, args))

@@ -54,6 +54,9 @@ class StatusChange:
 class Profile:
     timezone: str
     group: str
+    # Nothing is known of a restaurant before it was created: a first status whose `since` is
+    # earlier (a new restaurant is "disconnected since 10:00" of its first day) starts here instead.
+    created_at: datetime | None = None
 
 
 @dataclass
@@ -102,7 +105,8 @@ class RestaurantWriter:
             self.days.update(zip(chunk, docs, strict=True))
 
     async def apply(self, change: StatusChange, written: Written) -> None:
-        ms = to_ms(change.at)
+        created = self.profile.created_at
+        ms = to_ms(change.at if created is None else max(change.at, created))
         at = from_ms(ms)
         value = [*store_core(change.core), change.ts_ms]
         tz = self.tz

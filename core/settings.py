@@ -1,10 +1,12 @@
 """The one reader of the environment: every process builds a `Settings` at its entry point."""
 
+import json
 from functools import cached_property
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PLACEHOLDER_SECRETS = {"", "changethis", "secret", "password"}
 
@@ -33,7 +35,8 @@ class Settings(BaseSettings):
     mongo_db: str = "presence"
 
     # One URL per broker shard: mqtt://host:port (TCP) or ws://host:port (WebSocket).
-    mqtt_brokers: list[str] = Field(default_factory=lambda: ["mqtt://127.0.0.1:1883"])
+    # From the environment: a JSON list or comma-separated URLs (NoDecode lets split_lists see the text).
+    mqtt_brokers: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["mqtt://127.0.0.1:1883"])
     mqtt_username: str = "platform"
     mqtt_password: str = "platform-local-only"
     mqtt_shared_group: str = "bridge"
@@ -108,7 +111,7 @@ class Settings(BaseSettings):
     # --- pages and browser client (web/, api/routes/pages.py) ---
     # What a browser is told to dial, one per shard in mqtt_brokers' order: the brokers' WebSocket
     # listeners as the browser sees them (behind a proxy, not the addresses the bridge uses).
-    public_mqtt_ws_urls: list[str] = Field(default_factory=lambda: ["ws://127.0.0.1:9001"])
+    public_mqtt_ws_urls: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["ws://127.0.0.1:9001"])
 
     @field_validator("public_mqtt_ws_urls")
     @classmethod
@@ -125,10 +128,12 @@ class Settings(BaseSettings):
             raise ValueError("a placeholder secret is not allowed; set a real one")
         return value
 
-    @field_validator("mqtt_brokers", mode="before")
+    @field_validator("mqtt_brokers", "public_mqtt_ws_urls", mode="before")
     @classmethod
-    def split_brokers(cls, value: object) -> object:
-        if isinstance(value, str) and not value.lstrip().startswith("["):
+    def split_lists(cls, value: object) -> object:
+        if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                return json.loads(value)
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 

@@ -1,7 +1,8 @@
 """`python -m stack run`: the whole platform of DESIGN.md §9 on the fixed loopback ports, state in var/.
 
-Backing servers first (concurrently), then the demo data, then the bridge and the API; Ctrl-C or
-SIGTERM stops everything this process started, in reverse order, by PID.
+Backing servers first (concurrently), then the demo data, then the platform's own processes (bridge,
+scheduler, aggregator, dashboard feed, API); Ctrl-C or SIGTERM stops everything this process started,
+in reverse order, by PID.
 """
 
 import asyncio
@@ -43,7 +44,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 class PythonService(Service):
-    """One of the platform's own processes (bridge, API) run with the supervisor's interpreter."""
+    """One of the platform's own processes run with the supervisor's interpreter; ready once its port
+    (the Prometheus /metrics endpoint, opened after its first connections) accepts."""
 
     def __init__(self, name: str, var_dir: Path, port: int, args: list[str], settings: Settings) -> None:
         super().__init__(var_dir, port)
@@ -80,6 +82,23 @@ class PlatformPorts:
     backends: BackendPorts
     api: int
     bridge_metrics: int
+    feed_metrics: int
+    aggregator_metrics: int
+    scheduler_metrics: int
+
+    @classmethod
+    def fixed(cls, settings: Settings) -> "PlatformPorts":
+        return cls(
+            BackendPorts.fixed(), settings.api_port, settings.bridge_metrics_port,
+            feed_metrics=settings.feed_metrics_port if settings.feed_metrics_port > 0 else 9103,
+            aggregator_metrics=settings.aggregator_metrics_port if settings.aggregator_metrics_port > 0 else 9104,
+            scheduler_metrics=settings.scheduler_metrics_port if settings.scheduler_metrics_port > 0 else 9105,
+        )  # fmt: skip
+
+    @classmethod
+    def free(cls) -> "PlatformPorts":
+        api, bridge, feed, aggregator, scheduler = pick_free_ports(5)
+        return cls(BackendPorts.free(), api, bridge, feed, aggregator, scheduler)
 
     def named(self) -> dict[str, int]:
         b = self.backends
@@ -94,6 +113,9 @@ class PlatformPorts:
             "amqtt (MQTT over WebSocket)": b.amqtt_ws,
             "API": self.api,
             "bridge metrics": self.bridge_metrics,
+            "feed metrics": self.feed_metrics,
+            "aggregator metrics": self.aggregator_metrics,
+            "scheduler metrics": self.scheduler_metrics,
         }
 
 
@@ -111,9 +133,15 @@ def taken_ports(ports: PlatformPorts) -> list[str]:
     return taken
 
 
+def broker_ports(ports: PlatformPorts, broker: str) -> tuple[int, int]:
+    """(MQTT, MQTT over WebSocket) of the broker the platform runs with."""
+    b = ports.backends
+    return (b.amqtt, b.amqtt_ws) if broker == "amqtt" else (b.mqtt, b.mqtt_ws)
+
+
 def platform_settings(base: Settings, var_dir: Path, ports: PlatformPorts, broker: str) -> Settings:
     """The supervisor's Settings: the environment's, with the addresses of what it starts itself."""
-    mqtt_port = ports.backends.amqtt if broker == "amqtt" else ports.backends.mqtt
+    mqtt_port, ws_port = broker_ports(ports, broker)
     return base.model_copy(
         update={
             "var_dir": var_dir,
@@ -125,6 +153,11 @@ def platform_settings(base: Settings, var_dir: Path, ports: PlatformPorts, broke
             "api_host": LOOPBACK,
             "api_port": ports.api,
             "bridge_metrics_port": ports.bridge_metrics,
+            "feed_metrics_port": ports.feed_metrics,
+            "aggregator_metrics_port": ports.aggregator_metrics,
+            "scheduler_metrics_port": ports.scheduler_metrics,
+            # The browser client dials the same broker over its WebSocket listener.
+            "public_mqtt_ws_urls": [f"ws://{LOOPBACK}:{ws_port}"],
         }
     )
 
@@ -167,19 +200,20 @@ def remove_pid_files(run_dir: Path, services: list[Service]) -> None:
 
 def banner(settings: Settings, ports: PlatformPorts, credentials: Path, broker: str) -> str:
     api = f"http://{LOOPBACK}:{ports.api}"
-    mqtt_port, ws_port = (
-        (ports.backends.amqtt, ports.backends.amqtt_ws)
-        if broker == "amqtt"
-        else (ports.backends.mqtt, ports.backends.mqtt_ws)
-    )
+    mqtt_port, ws_port = broker_ports(ports, broker)
+    metrics = {"Bridge": ports.bridge_metrics, "Feed": ports.feed_metrics, "Aggregator": ports.aggregator_metrics,
+               "Scheduler": ports.scheduler_metrics}  # fmt: skip
+    metric_lines = [f"  {name + ' metrics:':<18}http://{LOOPBACK}:{port}/metrics" for name, port in metrics.items()]
     return "\n".join(
         [
             "",
             "Restaurant presence platform is running.",
-            f"  Pages and API:    {api}/",
+            f"  Sales dashboard:  {api}/ui/dashboard  (log in as sales; see Credentials)",
+            f"  Offline ranking:  {api}/ui/ranking",
+            f"  Restaurant app:   {api}/ui/client  (a restaurant id and its secret)",
             f"  API docs:         {api}/docs",
             f"  MQTT:             mqtt://{LOOPBACK}:{mqtt_port}  ws://{LOOPBACK}:{ws_port}  ({broker})",
-            f"  Bridge metrics:   http://{LOOPBACK}:{ports.bridge_metrics}/metrics",
+            *metric_lines,
             f"  Credentials:      {credentials}",
             f"  Logs:             {settings.var_dir / 'log'}",
             "Press Ctrl-C to stop.",
@@ -200,11 +234,7 @@ def run(broker: str = "mosquitto", var_dir: Path | None = None, free_ports: bool
     """Run until SIGINT/SIGTERM; `free_ports` picks unused ports instead of the fixed ones (a second demo)."""
     base = Settings()
     var = (var_dir or base.var_dir).resolve()
-    if free_ports:
-        api_port, metrics_port = pick_free_ports(2)
-        ports = PlatformPorts(BackendPorts.free(), api_port, metrics_port)
-    else:
-        ports = PlatformPorts(BackendPorts.fixed(), base.api_port, base.bridge_metrics_port)
+    ports = PlatformPorts.free() if free_ports else PlatformPorts.fixed(base)
     taken = taken_ports(ports)
     if taken:
         leftovers = live_pid_files(var / "run")
@@ -228,12 +258,15 @@ def run(broker: str = "mosquitto", var_dir: Path | None = None, free_ports: bool
         log_dir=var / "log",
     )
     bridge = PythonService("bridge", var, ports.bridge_metrics, ["-m", "bridge"], settings)
+    feed = PythonService("feed", var, ports.feed_metrics, ["-m", "feed"], settings)
+    aggregator = PythonService("aggregator", var, ports.aggregator_metrics, ["-m", "aggregator"], settings)
+    scheduler = PythonService("scheduler", var, ports.scheduler_metrics, ["-m", "scheduler"], settings)
     api = ApiService(
         "api", var, ports.api,
         ["-m", "uvicorn", "--factory", "api.main:create_app", "--host", LOOPBACK, "--port", str(ports.api)],
         settings,
     )  # fmt: skip
-    apps: list[Service] = [bridge, api]
+    apps: list[Service] = [bridge, feed, aggregator, scheduler, api]
     started: list[Service] = []
     signal.signal(signal.SIGINT, _raise_shutdown)
     signal.signal(signal.SIGTERM, _raise_shutdown)
@@ -244,7 +277,7 @@ def run(broker: str = "mosquitto", var_dir: Path | None = None, free_ports: bool
         write_pid_files(var / "run", started)
         print(f"stack: provisioning {DEMO_RESTAURANTS} demo restaurants", file=sys.stderr)
         credentials = asyncio.run(provision(settings))
-        print("stack: starting the bridge and the API", file=sys.stderr)
+        print("stack: starting the bridge, dashboard feed, aggregator, scheduler and API", file=sys.stderr)
         start_all(apps)
         started.extend(apps)
         write_pid_files(var / "run", apps)

@@ -41,8 +41,12 @@ def status_event(
     return Event(type=EventType.STATUS_CHANGED, restaurant_id=rid, data=status.model_dump(mode="json"), **kw)
 
 
-async def add_restaurant(rid: str, timezone: str = "UTC", group: str = "A") -> None:
-    await Restaurant(restaurant_id=rid, secret_hash="-", mqtt_hash="-", timezone=timezone, group=group).insert()
+async def add_restaurant(
+    rid: str, timezone: str = "UTC", group: str = "A", created_at: datetime = datetime(2020, 1, 1, tzinfo=UTC)
+) -> None:
+    await Restaurant(
+        restaurant_id=rid, secret_hash="-", mqtt_hash="-", timezone=timezone, group=group, created_at=created_at
+    ).insert()
 
 
 @contextlib.asynccontextmanager
@@ -186,6 +190,27 @@ async def test_disconnected_across_local_midnight_counts_on_each_local_day(
         both = await offline_ranking(date(2026, 11, 20), date(2026, 11, 21), now)
     assert days == {"sp|2026-11-20": 2 * 3600_000, "sp|2026-11-21": int(2.5 * 3600_000)}
     assert [r.offline_seconds for r in (*first_day, *second_day, *both)] == [7200.0, 9000.0, 16200.0]
+
+
+async def test_nothing_is_counted_before_the_restaurant_was_created(
+    settings: Settings, mongo: None, publisher: EventPublisher
+) -> None:
+    # Created at 15:00 and never connected: its first status says "disconnected since 10:00" (the
+    # opening), but the hours before it existed are nobody's downtime.
+    created = at("2026-11-20", "15:00")
+    await add_restaurant("new", created_at=created)
+    async with running(settings) as aggregator:
+        await publisher.publish(status_event("new", at("2026-11-20", "10:00"), False, D))
+        await publisher.publish(status_event("new", at("2026-11-20", "16:30"), True))
+        await wait_until(lambda: aggregator.metrics.value("applied") == 2)
+        now = at("2026-11-20", "18:00")
+        timeline = await restaurant_timeline("new", at("2026-11-20", "00:00"), now, now, "UTC")
+        ranking = await offline_ranking(date(2026, 11, 20), date(2026, 11, 20), now)
+    assert [(i.start, i.end, i.reason) for i in timeline] == [
+        (created, at("2026-11-20", "16:30"), D),
+        (at("2026-11-20", "16:30"), now, None),
+    ]
+    assert [(r.restaurant_id, r.offline_seconds) for r in ranking] == [("new", 5400.0)]
 
 
 async def test_poison_messages_are_dead_lettered_and_the_next_is_processed(
