@@ -203,19 +203,20 @@ def banner(settings: Settings, ports: PlatformPorts, credentials: Path, broker: 
     mqtt_port, ws_port = broker_ports(ports, broker)
     metrics = {"Bridge": ports.bridge_metrics, "Feed": ports.feed_metrics, "Aggregator": ports.aggregator_metrics,
                "Scheduler": ports.scheduler_metrics}  # fmt: skip
-    metric_lines = [f"  {name + ' metrics:':<18}http://{LOOPBACK}:{port}/metrics" for name, port in metrics.items()]
+    metric_lines = [f"  {name + ' metrics:':<20}http://{LOOPBACK}:{port}/metrics" for name, port in metrics.items()]
     return "\n".join(
         [
             "",
             "Restaurant presence platform is running.",
-            f"  Sales dashboard:  {api}/ui/dashboard  (log in as sales; see Credentials)",
-            f"  Offline ranking:  {api}/ui/ranking",
-            f"  Restaurant app:   {api}/ui/client  (a restaurant id and its secret)",
-            f"  API docs:         {api}/docs",
-            f"  MQTT:             mqtt://{LOOPBACK}:{mqtt_port}  ws://{LOOPBACK}:{ws_port}  ({broker})",
+            f"  Pages and API:      {api}/",
+            f"  Sales dashboard:    {api}/ui/dashboard  (log in as sales; see Credentials)",
+            f"  Offline ranking:    {api}/ui/ranking",
+            f"  Restaurant app:     {api}/ui/client  (a restaurant id and its secret)",
+            f"  API docs:           {api}/docs",
+            f"  MQTT:               mqtt://{LOOPBACK}:{mqtt_port}  ws://{LOOPBACK}:{ws_port}  ({broker})",
             *metric_lines,
-            f"  Credentials:      {credentials}",
-            f"  Logs:             {settings.var_dir / 'log'}",
+            f"  Credentials:        {credentials}",
+            f"  Logs:               {settings.var_dir / 'log'}",
             "Press Ctrl-C to stop.",
             "",
         ]

@@ -217,8 +217,16 @@ async def test_stack_run_starts_the_platform_and_stops_it_on_sigterm(tmp_path: P
         api = re.search(r"Pages and API:\s+(http://\S+)/", text)
         broker = re.search(r"MQTT:\s+(mqtt://\S+)", text)
         assert api and broker, text
+        metrics = dict(re.findall(r"(\w+) metrics:\s+(http://\S+)", text))
+        assert set(metrics) == {"Bridge", "Feed", "Aggregator", "Scheduler"}, text
         async with httpx.AsyncClient() as http:
             assert (await http.get(f"{api.group(1)}/healthz")).status_code == 200
+            assert (await http.get(f"{api.group(1)}/ui/dashboard")).status_code == 200
+            config = (await http.get(f"{api.group(1)}/ui/config.json")).json()
+            ws = re.search(r"  (ws://\S+)", text)
+            assert ws and config["mqtt_ws_urls"] == [ws.group(1)], "the browser is told the broker's websocket"
+            for url in metrics.values():
+                assert (await http.get(url)).status_code == 200, url
 
         credentials = json.loads((var_dir / "demo-credentials.json").read_text())
         restaurants = credentials["restaurants"]
@@ -230,7 +238,8 @@ async def test_stack_run_starts_the_platform_and_stops_it_on_sigterm(tmp_path: P
         assert code == 0
 
         pids = {p.stem: int(p.read_text()) for p in (var_dir / "run").glob("*.pid")}
-        assert set(pids) == {"redis", "rabbitmq", "ferretdb", "mosquitto", "bridge", "api"}
+        assert set(pids) == {"redis", "rabbitmq", "ferretdb", "mosquitto", "bridge", "feed", "aggregator", "scheduler",
+                             "api"}  # fmt: skip
         assert pids["rabbitmq"] == int((var_dir / "rabbitmq" / "rabbitmq.pid").read_text())  # beam itself
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 60) == 0, output.read_text()

@@ -98,10 +98,15 @@ export class DeviceSession {
     client.on("connect", () => {
       if (client !== this.client) return;
       this.connectedAt = Date.now();
-      // Birth right after CONNACK, with the epoch of the will this connection carries.
-      client.publish(presence, JSON.stringify({ state: "online", epoch, ts: Date.now() }), { qos: 1, retain: true });
-      this.stats.births += 1;
-      client.subscribe(topics.status(this.rid), { qos: 1 });
+      // Subscribe first, birth once the SUBACK is in (with the epoch of the will this connection
+      // carries): the status the birth causes is then delivered live. Born first, the status could
+      // cross the subscription inside the broker (amqtt stores the retained copy and serves new
+      // subscribers without ordering the two), and the page would keep showing the older status.
+      client.subscribe(topics.status(this.rid), { qos: 1 }, (error) => {
+        if (client !== this.client || error) return;
+        client.publish(presence, JSON.stringify({ state: "online", epoch, ts: Date.now() }), { qos: 1, retain: true });
+        this.stats.births += 1;
+      });
       clearInterval(this.heartbeatTimer);
       this.heartbeatTimer = setInterval(() => this._heartbeat(client, epoch), this.heartbeatMs);
       this.onLink({ up: true, text: "connected", url: this.url, epoch, attempt: 0 });
