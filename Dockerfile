@@ -1,4 +1,5 @@
-# The platform's Python image: the API, the bridge and the `presence` console script (compose.yaml).
+# The platform's Python image (compose.yaml): the API and its pages, the bridge, the scheduler, the
+# aggregator, the feed and the `presence` console script. One image, the command picks the process.
 
 # Front-end packages (swagger-ui and the pages' libraries) come from npm and are served by the API.
 FROM node:20-slim AS web
@@ -29,6 +30,10 @@ COPY api ./api
 COPY client_sim ./client_sim
 COPY stack ./stack
 COPY bench ./bench
+COPY scheduler ./scheduler
+COPY aggregator ./aggregator
+COPY feed ./feed
+COPY web/ui ./web/ui
 COPY --from=web /web/node_modules ./web/node_modules
 # Editable: data files next to the code (Lua scripts, pages) are used where they are.
 RUN pip install -e .
