@@ -8,9 +8,10 @@ rollups of a month live in their own collection, `history_rollup_YYYY_MM`.
 Why, measured on FerretDB 1.24 (SQLite) with 100,000 restaurants × 30 days:
 - a document field costs FerretDB ~6 µs to decode: 3 million `{rid: seconds}` fields take ~17 s, the
   same totals as 480 binary fields (30 days × 16 buckets) ~0.35 s;
-- FerretDB 1.24 does not use its `_id` index (its query says `->'$._id'`, the index `->"_id"`): a
-  lookup by `_id` reads the collection until it finds the document. A month per collection bounds
-  what a lookup (the aggregator's writes) or a scan (the ranking's reads) has to go through.
+- an unpatched FerretDB 1.24 does not use its `_id` index (docs/architecture.md; the local build is
+  patched): a lookup by `_id` reads the collection until it finds the document. A month per
+  collection bounds what a lookup (the aggregator's writes) or a scan (the ranking's reads) has to
+  go through.
 On MongoDB the same documents are read by `_id` through its index.
 
 Day values are set (not incremented) from the restaurant's consolidated day document, so a rollup

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs what the platform and its tests need; idempotent and quick when all is in place.
-#   - Debian packages: mosquitto, mosquitto-clients, redis-server, rabbitmq-server, chromium
-#     (headless, for the browser tests; driven by Playwright, which never downloads a browser)
+#   - Debian packages: mosquitto, mosquitto-clients, redis-server, rabbitmq-server, chromium (headless,
+#     for the browser tests; driven by Playwright, which never downloads a browser), patch (FerretDB)
 #   - .venv with the project and its dev extras (re-installed only when pyproject.toml changes)
-#   - .tools/ferretdb: FerretDB v1.24.2 built from its Go module (SQLite backend, no PostgreSQL)
+#   - .tools/ferretdb: FerretDB v1.24.2 built from its Go module (SQLite backend, no PostgreSQL),
+#     with the fixes in scripts/ferretdb/*.patch
 #   - web/node_modules: front-end packages the API serves itself (npm ci)
 # Usage: scripts/install.sh [apt] [venv] [ferretdb] [web]   (no argument: all four)
 set -euo pipefail
@@ -11,7 +12,7 @@ cd "$(dirname "$0")/.."
 
 FERRETDB_MODULE="github.com/FerretDB/FerretDB"
 FERRETDB_VERSION="v1.24.2"
-APT_PACKAGES=(mosquitto mosquitto-clients redis-server rabbitmq-server chromium)
+APT_PACKAGES=(mosquitto mosquitto-clients redis-server rabbitmq-server chromium patch)
 
 log() { printf 'install: %s\n' "$*" >&2; }
 
@@ -71,13 +72,20 @@ install_venv() {
 }
 
 install_ferretdb() {
-    local target=.tools/ferretdb
+    # PRESENCE_FERRETDB_BIN (also read by stack/services.py) builds elsewhere, e.g. to try a change.
+    local target="${PRESENCE_FERRETDB_BIN:-.tools/ferretdb}" stamp want patch_file
+    # The binary carries fixes from scripts/ferretdb/*.patch (see their headers); it is rebuilt when
+    # the version or any patch changes, as recorded in the stamp beside it.
+    stamp="$target.stamp"
+    want="$FERRETDB_VERSION $(cat scripts/ferretdb/*.patch | sha256sum | cut -d' ' -f1)"
     # Read the whole output first: `| grep -q` would end the pipe early and, with pipefail, fail.
-    if [ -x "$target" ] && [[ "$("$target" --version 2>/dev/null || true)" == *"version: $FERRETDB_VERSION"* ]]; then
+    if [ -x "$target" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] \
+        && [[ "$("$target" --version 2>/dev/null || true)" == *"version: $FERRETDB_VERSION"* ]]; then
         return 0
     fi
     command -v go >/dev/null 2>&1 || { log "Go is needed to build FerretDB"; return 1; }
-    log "building FerretDB $FERRETDB_VERSION into $target (about a minute)"
+    command -v patch >/dev/null 2>&1 || { log "patch (Debian package patch) is needed to build FerretDB"; return 1; }
+    log "building FerretDB $FERRETDB_VERSION with scripts/ferretdb/*.patch into $target (about a minute)"
     local module_dir build_dir
     module_dir="$(go mod download -json "$FERRETDB_MODULE@$FERRETDB_VERSION" \
         | python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')"
@@ -85,12 +93,23 @@ install_ferretdb() {
     # The module cache is read-only; build from a writable copy.
     cp -r "$module_dir/." "$build_dir/"
     chmod -R u+w "$build_dir"
+    for patch_file in scripts/ferretdb/*.patch; do
+        # --forward: a patch that is already in (or reversed) is an error, not a silent no-op.
+        if ! patch -d "$build_dir" -p1 --forward --batch --no-backup-if-mismatch --quiet -i "$PWD/$patch_file"; then
+            log "$patch_file does not apply to FerretDB $FERRETDB_VERSION"
+            rm -rf "$build_dir"
+            return 1
+        fi
+    done
     # The module zip lacks this generated file, without which the binary panics at start.
     echo "$FERRETDB_VERSION" > "$build_dir/build/version/version.txt"
-    mkdir -p .tools
-    local out="$PWD/$target.tmp"
+    mkdir -p "$(dirname "$target")"
+    local out
+    out="$(realpath -m "$target.tmp")"
     (cd "$build_dir" && GOFLAGS=-buildvcs=false go build -o "$out" ./cmd/ferretdb)
+    rm -f "$stamp"
     mv "$target.tmp" "$target"
+    echo "$want" > "$stamp"
     rm -rf "$build_dir"
     log "built $("$target" --version | sed -n 1p)"
 }
