@@ -1,5 +1,6 @@
 """Request and response bodies of the HTTP API (what /openapi.json documents)."""
 
+from datetime import date
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, Field
@@ -19,6 +20,16 @@ def _check_id(value: str) -> str:
 def _check_zone(value: str) -> str:
     zone(value)  # raises ValueError naming the zone
     return value
+
+
+# Days the history endpoints accept. Python's calendar ends at years 1 and 9999; a query at its edge
+# (a default range of a day, a local day in a +14:00 zone) would overflow into a 500.
+FIRST_DAY, LAST_DAY = date(1900, 1, 1), date(9998, 12, 31)
+CALENDAR_MESSAGE = f"must be between {FIRST_DAY} and {LAST_DAY}"
+
+
+def in_calendar(day: date) -> bool:
+    return FIRST_DAY <= day <= LAST_DAY
 
 
 # Restaurant ids, groups and user names share one alphabet (they appear in MQTT topics and logins).

@@ -108,6 +108,11 @@ class Settings(BaseSettings):
     # Frames waiting for one websocket; a client that falls this far behind is reset to a snapshot.
     dashboard_socket_queue: int = 1000
 
+    # --- login rate limit (api/login_limiter.py) ---
+    # Failed POST /auth/token per username, and separately per client IP, within the window: then 429.
+    login_max_failures: int = 10
+    login_failure_window_s: int = 300
+
     # --- pages and browser client (web/, api/routes/pages.py) ---
     # What a browser is told to dial, one per shard in mqtt_brokers' order: the brokers' WebSocket
     # listeners as the browser sees them (behind a proxy, not the addresses the bridge uses).

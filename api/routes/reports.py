@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import AUTH_ERRORS, SalesPrincipal, SettingsDep
-from api.models import Name
+from api.models import CALENDAR_MESSAGE, Name, in_calendar
 from core.messages import utc_now
 from core.offline_ranking import RankRow, offline_ranking
 
@@ -71,6 +71,9 @@ async def ranking(
     Days are local days of each restaurant's own time zone. Ongoing disconnections count up to now.
     `Accept: text/csv` (or `format=csv`) gives CSV with the header `rank,restaurant_id,group,offline_seconds`.
     """
+    for name, day in (("from", first), ("to", last)):
+        if day is not None and not in_calendar(day):
+            raise _invalid(name, CALENDAR_MESSAGE)
     now = utc_now()
     last = last or now.date()
     first = first or last - timedelta(days=DEFAULT_DAYS - 1)

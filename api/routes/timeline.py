@@ -8,7 +8,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import AUTH_ERRORS, CurrentPrincipal, SettingsDep, ensure_can_read
-from api.models import RestaurantId
+from api.models import CALENDAR_MESSAGE, RestaurantId, in_calendar
 from core.documents import Restaurant
 from core.history_store import restaurant_timeline
 from core.messages import utc_now
@@ -54,6 +54,8 @@ def checked_range(
     for name, value in (("from", start), ("to", end)):
         if value is not None and value.tzinfo is None:
             raise _invalid(name, "must carry a UTC offset, e.g. 2026-11-25T10:00:00Z or ...-03:00")
+        if value is not None and not in_calendar(value.date()):
+            raise _invalid(name, CALENDAR_MESSAGE)
     if end is None:
         end = now if start is None else start + DEFAULT_SPAN
     if start is None:
