@@ -263,7 +263,9 @@ class Bridge:
 
     async def _apply_heartbeats(self, items: Sequence[tuple[Inbound, str, str, int]]) -> None:
         self.metrics.messages.labels("heartbeat").inc(len(items))
-        outcome = await self.store.heartbeats([(rid, did, epoch) for _msg, rid, did, epoch in items])
+        outcome = await self.store.heartbeats(
+            [(rid, did, epoch) for _msg, rid, did, epoch in items], window_ms=int(self.settings.stale_after_s * 1000)
+        )
         self.metrics.ignored.labels("heartbeat").inc(outcome.ignored)
         await self._after_transitions(outcome.transitions)
 

@@ -175,8 +175,13 @@ class PresenceStore:
             raw = await pipe.execute()
         return self._results(raw, items, fields, lambda item: item[4])
 
-    async def heartbeats(self, beats: Sequence[tuple[str, str, int]], at_ms: int | None = None) -> HeartbeatOutcome:
+    async def heartbeats(
+        self, beats: Sequence[tuple[str, str, int]], at_ms: int | None = None, window_ms: int = 0
+    ) -> HeartbeatOutcome:
         """Refresh last_seen of (rid, did, epoch) heartbeats in one script call.
+
+        With `window_ms`, a heartbeat after a silence longer than the window is a transition even when
+        the sweep has not flagged the device stale yet (see heartbeat_batch.lua).
 
         Heartbeats are the bulk of the traffic (3.3k/s for 100k devices, more in bursts), so they go
         as one multi-key call rather than one script per heartbeat: that is what lets one bridge
@@ -186,7 +191,7 @@ class PresenceStore:
             return HeartbeatOutcome(0, [])
         at = at_ms or now_ms()
         base = str(uuid.uuid4())[:-4]
-        args: list[str | int] = [at, from_ms(at).isoformat(), base, len(self.prefix)]
+        args: list[str | int] = [at, from_ms(at).isoformat(), base, len(self.prefix), window_ms]
         for _rid, did, epoch in beats:
             args += [did, epoch]
         reply = await self._heartbeat_batch(

@@ -68,3 +68,30 @@ async def test_redis_script_matches_the_reference(settings: Settings, sequence: 
         assert len(snap.outbox) == transitions
     finally:
         await redis.aclose()
+
+
+async def test_a_heartbeat_after_a_silence_longer_than_the_window_is_a_transition(settings: Settings) -> None:
+    """Even before the sweep flags the device stale: the status already read it as disconnected (a bridge
+    restarted after the window passed settles it so), and only a transition settles it back."""
+    redis = Redis.from_url(settings.redis_url, decode_responses=True)
+    store = PresenceStore(redis, f"{settings.redis_prefix}{uuid.uuid4().hex}:")
+    window, t = 120_000, 1_700_000_000_000
+    try:
+        await store.apply_presence([("r", "d", 3, DeviceState.ONLINE, event("r"))], at_ms=t)
+
+        async def types(epoch: int, at: int) -> list[EventType]:
+            outcome = await store.heartbeats([("r", "d", epoch)], at_ms=at, window_ms=window)
+            return [result.event.type for _rid, result in outcome.transitions if result.event is not None]
+
+        assert await types(3, t + window - 1) == []  # inside the window: nothing changed
+        t += window - 1
+        assert await types(3, t + window) == [EventType.DEVICE_ONLINE]  # silent for the whole window
+        t += window
+        assert await types(4, t + 1_000) == []  # a newer epoch of a connected device: still connected
+        t += 1_000
+        assert await types(5, t + window + 5_000) == [EventType.DEVICE_ONLINE]  # newer epoch after a silence
+        # Without a window (the old call), only the stale flag counts.
+        outcome = await store.heartbeats([("r", "d", 5)], at_ms=t + 10 * window)
+        assert outcome.transitions == []
+    finally:
+        await redis.aclose()

@@ -1,18 +1,31 @@
 -- Refresh last_seen for a batch of heartbeats in one call (one round trip for thousands of them).
 -- KEYS[1] heartbeat index (sorted set); KEYS[2..n+1] restaurant hashes, one per heartbeat.
 -- ARGV[1] now_ms, ARGV[2] now ISO-8601, ARGV[3] event id base (a UUID without its last 4 hex digits),
--- ARGV[4] key prefix length; then per heartbeat i: ARGV[3+2i] device_id, ARGV[4+2i] epoch.
+-- ARGV[4] key prefix length, ARGV[5] the presence window in ms (0: not checked); then per heartbeat i:
+-- ARGV[4+2i] device_id, ARGV[5+2i] epoch.
 -- Per heartbeat the (epoch, state) rule of DESIGN.md §3: an older or ended epoch is ignored; the live
 -- epoch refreshes last_seen; a newer epoch (birth still in flight, or Redis lost) counts as online.
+-- A device counts as connected again (a transition) when it was flagged stale, and also when its last
+-- heartbeat is older than the window but the sweep has not flagged it yet: the status read it as
+-- disconnected meanwhile (a bridge restarted after the window passed, or any settle in that gap), and
+-- without the transition nothing would settle it back to online.
 -- A heartbeat that makes a device connected again writes DEVICE_ONLINE to that restaurant's outbox in
 -- the same atomic step. All keys of one call must share a cluster slot (on a standalone Redis: any).
 -- Returns {ignored_count, i1, field1, event1, i2, ...} for the transitions.
 local now, now_iso, id_base, prefix_len = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local now_ms, window = tonumber(ARGV[1]), tonumber(ARGV[5])
 local index = KEYS[1]
 local out = {0}
+
+local function heard_within_window(key, did)
+  if window <= 0 then return true end
+  local last = redis.call("HGET", key, "l:" .. did)
+  return last ~= false and now_ms - tonumber(last) < window
+end
+
 for i = 1, #KEYS - 1 do
   local key = KEYS[i + 1]
-  local did, epoch_s = ARGV[3 + 2 * i], ARGV[4 + 2 * i]
+  local did, epoch_s = ARGV[4 + 2 * i], ARGV[5 + 2 * i]
   local epoch = tonumber(epoch_s)
   local current = redis.call("HGET", key, "d:" .. did)
   local accept, transition = true, false
@@ -22,9 +35,9 @@ for i = 1, #KEYS - 1 do
     if epoch < c_epoch or (epoch == c_epoch and c_state == "offline") then
       accept = false
     elseif epoch > c_epoch then
-      transition = not (c_state == "online" and c_stale == "0")
+      transition = not (c_state == "online" and c_stale == "0" and heard_within_window(key, did))
       redis.call("HSET", key, "d:" .. did, epoch_s .. "|online|" .. now .. "|0")
-    elseif c_stale == "1" then
+    elseif c_stale == "1" or not heard_within_window(key, did) then
       transition = true
       redis.call("HSET", key, "d:" .. did, epoch_s .. "|online|" .. now .. "|0")
     end
