@@ -77,6 +77,10 @@ def _as_spec(spec: RestaurantSpec | Mapping[str, Any]) -> RestaurantSpec:
         raise ProvisioningError(f"invalid restaurant spec {dict(spec)!r}: {exc}") from exc
 
 
+# /restaurants/status is the list query: a restaurant of that id could never be read at /restaurants/{rid}.
+RESERVED_IDS = frozenset({"status"})
+
+
 def _check_specs(settings: Settings, specs: Sequence[RestaurantSpec]) -> None:
     seen: set[str] = set()
     for spec in specs:
@@ -85,6 +89,8 @@ def _check_specs(settings: Settings, specs: Sequence[RestaurantSpec]) -> None:
             raise ProvisioningError(f"invalid restaurant id {rid!r}: use 1-64 of A-Z a-z 0-9 _ -")
         if rid == settings.mqtt_username:
             raise ProvisioningError(f"{rid!r} is the platform's MQTT user and cannot be a restaurant id")
+        if rid in RESERVED_IDS:
+            raise ProvisioningError(f"{rid!r} is a word of the API's paths (/restaurants/{rid}) and cannot be an id")
         if rid in seen:
             raise ProvisioningError(f"restaurant id {rid!r} is given twice")
         seen.add(rid)

@@ -131,6 +131,7 @@ async def test_batches_and_the_many_ids_lookup(
         ({"restaurant_id": "ok-id", "timezone": "Mars/Olympus"}, "unknown time zone"),
         ({"restaurant_id": "ok-id", "group": "a/b"}, "invalid group"),
         ({"restaurant_id": "platform"}, "platform"),
+        ({"restaurant_id": "status"}, "API's paths"),
     ],
 )
 async def test_invalid_requests_write_nothing(
