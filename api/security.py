@@ -1,7 +1,7 @@
 """Bearer tokens: HS256 JWTs carrying `sub`, `role`, `exp` (and `restaurant_id` for restaurants)."""
 
-from dataclasses import dataclass
-from datetime import timedelta
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 import jwt
 
@@ -22,6 +22,7 @@ class Principal:
     subject: str
     role: Role
     restaurant_id: str | None = None
+    expires_at: datetime | None = field(default=None, compare=False)  # of the token it came from
 
     def can_read(self, restaurant_id: str) -> bool:
         return self.role is not Role.RESTAURANT or self.restaurant_id == restaurant_id
@@ -60,4 +61,5 @@ def decode_access_token(settings: Settings, token: str) -> Principal:
     restaurant_id = claims.get("restaurant_id")
     if role is Role.RESTAURANT and not isinstance(restaurant_id, str):
         raise InvalidToken("restaurant token without restaurant_id")
-    return Principal(subject=str(claims["sub"]), role=role, restaurant_id=restaurant_id)
+    expires_at = datetime.fromtimestamp(int(claims["exp"]), UTC)
+    return Principal(subject=str(claims["sub"]), role=role, restaurant_id=restaurant_id, expires_at=expires_at)

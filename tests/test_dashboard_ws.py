@@ -205,6 +205,17 @@ async def test_refusals_have_close_codes(settings: Settings, env: dict[str, Any]
     assert closed.value.rcvd.reason
 
 
+async def test_the_socket_closes_when_its_token_expires(settings: Settings, env: dict[str, Any]) -> None:
+    short = create_access_token(settings.model_copy(update={"token_ttl_s": 2}), Principal("someone", Role.SALES))
+    async with connect(f"{env['url']}?token={short}", max_size=None) as ws:
+        assert (await receive(ws))["type"] == "snapshot"
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                await asyncio.wait_for(ws.recv(), timeout=10)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
+    assert "expired" in closed.value.rcvd.reason
+
+
 async def test_clients_connecting_during_a_burst_miss_nothing_and_get_nothing_twice(
     settings: Settings, env: dict[str, Any]
 ) -> None:

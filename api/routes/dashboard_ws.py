@@ -2,12 +2,14 @@
 
 The token comes in the query string (browsers cannot set headers on a websocket). Problems with it or
 with the query are told with close codes after the handshake, where a browser can read them: 4401 bad
-or missing token, 4403 role not allowed, 4400 bad query.
+or missing token, 4403 role not allowed, 4400 bad query. A socket is closed with 4401 when its token expires: the page
+logs in again and resumes with `since`, so a stolen token is not a dashboard for ever.
 """
 
 import asyncio
 import contextlib
 import logging
+from datetime import datetime
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from starlette.datastructures import QueryParams
@@ -15,6 +17,7 @@ from starlette.datastructures import QueryParams
 from api.dashboard_hub import CLOSED, RESET, DashboardHub, MissedTooOld, Subscriber, reset_frame
 from api.security import InvalidToken, decode_access_token
 from core.documents import Role
+from core.messages import utc_now
 
 logger = logging.getLogger(__name__)
 
@@ -42,27 +45,38 @@ def parse_query(params: QueryParams) -> tuple[str | None, int | None]:
 class DashboardSession:
     """One socket: sends from its queue while a reader waits for the client to go away."""
 
-    def __init__(self, hub: DashboardHub, websocket: WebSocket, group: str | None) -> None:
+    def __init__(
+        self, hub: DashboardHub, websocket: WebSocket, group: str | None, expires_at: datetime | None = None
+    ) -> None:
         self.hub = hub
         self.websocket = websocket
         self.group = group
+        self.expires_at = expires_at
         self.sub: Subscriber | None = None
 
     async def serve(self, since: int | None) -> None:
         sender = asyncio.create_task(self._send(since))
         reader = asyncio.create_task(self._read())
+        expiry = asyncio.create_task(self._expire())
         try:
-            done, _ = await asyncio.wait({sender, reader}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({sender, reader, expiry}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (sender, reader):
+            for task in (sender, reader, expiry):
                 task.cancel()
-            await asyncio.gather(sender, reader, return_exceptions=True)
+            await asyncio.gather(sender, reader, expiry, return_exceptions=True)
             if self.sub is not None:
                 self.hub.unsubscribe(self.sub)
         for task in done:
             exc = task.exception()
             if exc is not None and not isinstance(exc, WebSocketDisconnect | OSError):
                 logger.error("dashboard socket failed", exc_info=exc)
+
+    async def _expire(self) -> None:
+        if self.expires_at is None:
+            await asyncio.Event().wait()  # never
+            return
+        await asyncio.sleep(max(0.0, (self.expires_at - utc_now()).total_seconds()))
+        await self.websocket.close(CLOSE_BAD_TOKEN, "token expired; log in again")
 
     async def _read(self) -> None:
         # Clients send nothing the contract uses; reading is how a closed socket is noticed.
@@ -130,4 +144,4 @@ async def dashboard(websocket: WebSocket) -> None:
         with contextlib.suppress(Exception):
             await websocket.close(CLOSE_UNAVAILABLE, "dashboard feed not available; try again")
         return
-    await DashboardSession(hub, websocket, group).serve(since)
+    await DashboardSession(hub, websocket, group, principal.expires_at).serve(since)
