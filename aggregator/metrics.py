@@ -1,6 +1,6 @@
 """The aggregator's Prometheus metrics, in a registry of its own (tests run several in one process)."""
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class AggregatorMetrics:
@@ -20,6 +20,9 @@ class AggregatorMetrics:
         self.retries = Counter("aggregator_batch_retries_total", "Batch retries while MongoDB was away", registry=r)
         self.rollups = Counter("aggregator_rollups_written_total", "Ranking day rollups rewritten", registry=r)
         self.batch_seconds = Histogram("aggregator_batch_seconds", "Time to write one batch", registry=r)
+        self.standby = Gauge(
+            "aggregator_standby", "1 while another aggregator is the queue's consumer and this one waits", registry=r
+        )
 
     def count(self, outcome: str, amount: int = 1) -> None:
         if amount:

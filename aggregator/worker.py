@@ -8,6 +8,7 @@ time: the ranking's rollups are read-modify-write and FerretDB has no transactio
 """
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable
@@ -42,6 +43,7 @@ OUTAGES = (
 LOG_EVERY_S = 10.0  # a flood of poison messages is summarised, not logged line by line
 TAKE_WAIT_S = 0.5  # how often an idle worker looks at its stop flag
 CANCEL_TIMEOUT_S = 5.0
+STANDBY_RETRY_S = 2.0  # how often a standing-by aggregator tries to become the consumer
 
 
 async def settle(outcome: Awaitable[None]) -> None:
@@ -114,16 +116,16 @@ class Aggregator:
         return None
 
     async def _consume(self, connection: AbstractRobustConnection) -> None:
-        channel = await connection.channel()
-        await channel.set_qos(prefetch_count=self.settings.aggregator_batch_max)
-        await declare_topology(channel, self.settings)
-        queue = await channel.get_queue(self.settings.amqp_name(self.settings.aggregator_queue))
         inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
 
         async def on_message(message: AbstractIncomingMessage) -> None:
             inbox.put_nowait(message)  # prefetch_count bounds what can wait here
 
-        tag = await queue.consume(on_message)
+        consuming = await self._consume_exclusively(connection, on_message)
+        if consuming is None:
+            return  # stopped while standing by
+        queue, tag = consuming
+        self.metrics.standby.set(0)
         self.ready.set()
         logger.info("aggregator consuming %s", queue.name)
         while not self._stop.is_set():
@@ -136,6 +138,35 @@ class Aggregator:
         # Drain: what was delivered before the cancel is written and acknowledged, not redelivered.
         while batch := await self._take(inbox, None):
             await self._handle(batch)
+
+    async def _consume_exclusively(
+        self, connection: AbstractRobustConnection, on_message: Any
+    ) -> tuple[Any, str] | None:
+        """Become the queue's only consumer, or stand by until the one that is goes away.
+
+        One aggregator writes at a time: the ranking's rollups are read-modify-write and FerretDB has no
+        transactions. RabbitMQ enforces it (an exclusive consumer), so a second aggregator started by
+        mistake, or as a standby, waits instead of corrupting the rollups, and takes over when the
+        active one stops or dies.
+        """
+        announced = False
+        while not self._stop.is_set():
+            channel = await connection.channel()
+            await channel.set_qos(prefetch_count=self.settings.aggregator_batch_max)
+            await declare_topology(channel, self.settings)
+            queue = await channel.get_queue(self.settings.amqp_name(self.settings.aggregator_queue))
+            try:
+                return queue, await queue.consume(on_message, exclusive=True)
+            except aiormq.exceptions.ChannelAccessRefused:
+                self.metrics.standby.set(1)
+                if not announced:
+                    logger.info("another aggregator consumes %s; standing by", queue.name)
+                    announced = True
+            with contextlib.suppress(Exception):
+                await channel.close()  # RabbitMQ closed it with the refusal
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), STANDBY_RETRY_S)
+        return None
 
     async def _take(self, inbox: asyncio.Queue[AbstractIncomingMessage], wait_s: float | None) -> list[Any]:
         batch: list[AbstractIncomingMessage] = []

@@ -306,6 +306,33 @@ async def test_a_failed_write_is_not_acknowledged(
 
 
 
+async def test_a_second_aggregator_stands_by_and_takes_over(
+    settings: Settings, mongo: None, publisher: EventPublisher
+) -> None:
+    await add_restaurant("one")
+    second = Aggregator(settings.model_copy(update={"aggregator_metrics_port": -1}))
+    async with running(settings) as first:
+        standby = asyncio.create_task(second.run())
+        try:
+            await wait_until(lambda: second.metrics.registry.get_sample_value("aggregator_standby") == 1, message="the second never stood by")
+            await publisher.publish(status_event("one", at("2026-11-20", "10:00"), True))
+            await wait_until(lambda: first.metrics.value("applied") == 1)
+            assert not second.ready.is_set() and second.metrics.value("applied") == 0  # only one writes
+        except BaseException:
+            second.request_stop()
+            await standby
+            raise
+    # The first is gone: the second takes the queue and writes what follows.
+    try:
+        await wait_until(lambda: second.ready.is_set(), timeout=30, message="the standby never took over")
+        await publisher.publish(status_event("one", at("2026-11-20", "11:00"), False, D))
+        await wait_until(lambda: second.metrics.value("applied") == 1, message="the standby did not write")
+    finally:
+        second.request_stop()
+        await asyncio.wait_for(standby, 60)
+    assert second.metrics.registry.get_sample_value("aggregator_standby") == 0
+
+
 async def test_python_m_aggregator_writes_and_drains_on_sigterm(
     settings: Settings, mongo: None, publisher: EventPublisher
 ) -> None:
