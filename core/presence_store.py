@@ -241,6 +241,31 @@ class PresenceStore:
         )
         return int(code), name
 
+    async def commit_statuses(
+        self, commits: Sequence[tuple[str, int, DerivedStatus, Event]]
+    ) -> list[tuple[int | Exception, str, str]]:
+        """`commit_status` for many (rid, version, status, event) in one round trip.
+
+        A plain pipeline, not a transaction: every script is its own compare-and-set on its own key
+        (cluster-safe), and one that fails is returned as its exception without failing the others.
+        Returns (code, outbox field, status json) for each, in order.
+        """
+        names = [outbox_field() for _ in commits]
+        statuses = [status.model_dump_json() for _, _, status, _ in commits]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for (rid, version, status, event), name, status_json in zip(commits, names, statuses, strict=True):
+                await self._commit(
+                    keys=[self.key(rid)],
+                    args=[version, status.core.model_dump_json(), status_json, name, event.model_dump_json(),
+                          STATUS_OUTBOX],
+                    client=pipe,
+                )  # fmt: skip
+            replies = await pipe.execute(raise_on_error=False) if commits else []
+        return [
+            (reply if isinstance(reply, Exception) else int(reply), name, status_json)
+            for reply, name, status_json in zip(replies, names, statuses, strict=True)
+        ]
+
     async def clear_outbox(self, restaurant_id: str, names: Sequence[str]) -> None:
         if names:
             await self.redis.hdel(self.key(restaurant_id), *names)

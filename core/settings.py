@@ -81,7 +81,9 @@ class Settings(BaseSettings):
     # Claimed restaurants are held this long; a scheduler that dies mid-batch leaves them due again after it.
     scheduler_lease_s: float = 30.0
     scheduler_batch_size: int = 1000  # restaurants per claim (10:00 opens 100,000 at once)
-    scheduler_concurrency: int = 100  # restaurants settled at the same time (each published as it commits)
+    # A claim is settled as one batch (one read pipeline, one commit pipeline, confirms awaited together);
+    # this bounds only the one-by-one settles: versions that moved mid-batch, retries after an outage.
+    scheduler_concurrency: int = 100
     scheduler_safety_interval_s: float = 5.0  # look at the clock queue at least this often
     scheduler_rebuild_interval_s: float = 600.0  # re-read every profile from MongoDB this often
     scheduler_leader_ttl_s: float = 10.0  # a dead leader's lock expires after this; a follower then acts

@@ -1,9 +1,10 @@
 """Status of restaurants from Redis facts, profiles mirrored from MongoDB, and the pure rules."""
 
+import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from core.messages import Event, EventType, utc_now
@@ -15,6 +16,7 @@ logger = logging.getLogger(__name__)
 
 MAX_COMMIT_RETRIES = 20
 UNKNOWN_TTL_S = 10.0
+BATCH_RETRY_CONCURRENCY = 16  # restaurants of a batch settled again one by one at the same time
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +27,16 @@ class Settled:
     event: Event
     outbox_field: str
     status_json: str
+
+
+@dataclass(slots=True)
+class BatchSettled:
+    """What `settle_batch` did: every known restaurant went through unless it is in `failed`."""
+
+    snapshots: list[RestaurantSnapshot] = field(default_factory=list)  # the known restaurants, as first read
+    settled: dict[str, Settled] = field(default_factory=dict)  # committed transitions, to publish
+    unknown: list[str] = field(default_factory=list)  # in neither Redis nor MongoDB
+    failed: dict[str, Exception] = field(default_factory=dict)  # not settled; the caller decides what next
 
 
 class StatusService:
@@ -98,3 +110,59 @@ class StatusService:
                 return None
         logger.warning("status of %s kept moving; gave up after %d tries", restaurant_id, MAX_COMMIT_RETRIES)
         return None
+
+    async def settle_batch(self, restaurant_ids: Sequence[str], now: datetime | None = None) -> BatchSettled:
+        """`settle` for many restaurants (the scheduler's bursts): one pipelined read, one pipeline of commits.
+
+        The commits are not a transaction: each is still `commit_status.lua` on its own key, a
+        compare-and-set on the version read. A restaurant whose facts moved between the read and its
+        commit is settled again on its own through `settle`, so whoever commits a transition first
+        still writes the only STATUS_CHANGED. A restaurant that fails is reported in `failed`, the
+        others go on; an error of the batch's own round trips is raised (retrying the batch is safe).
+        """
+        ids = list(dict.fromkeys(restaurant_ids))
+        snaps = await self.store.snapshots(ids)
+        out = BatchSettled(unknown=await self.fill_profiles(snaps))
+        unknown = set(out.unknown)
+        at = now or utc_now()
+        commits: list[tuple[str, int, DerivedStatus, Event]] = []
+        for snap in snaps:
+            if snap.restaurant_id in unknown:
+                continue
+            out.snapshots.append(snap)
+            try:
+                status = self.derive(snap, at)
+            except Exception as exc:
+                out.failed[snap.restaurant_id] = exc
+                continue
+            event = Event(type=EventType.STATUS_CHANGED, restaurant_id=snap.restaurant_id,
+                          data=status.model_dump(mode="json"))  # fmt: skip
+            commits.append((snap.restaurant_id, snap.version, status, event))
+        moved: list[str] = []
+        replies = await self.store.commit_statuses(commits)
+        for (rid, _, status, event), (code, name, status_json) in zip(commits, replies, strict=True):
+            if isinstance(code, Exception):
+                out.failed[rid] = code
+            elif code == 1:
+                out.settled[rid] = Settled(status, event, name, status_json)
+            elif code == -1:
+                moved.append(rid)
+        if moved:
+            await self._settle_each(moved, now, out)
+        return out
+
+    async def _settle_each(self, restaurant_ids: list[str], now: datetime | None, out: BatchSettled) -> None:
+        gate = asyncio.Semaphore(BATCH_RETRY_CONCURRENCY)
+
+        async def again(rid: str) -> Settled | None:
+            async with gate:
+                return await self.settle(rid, now)
+
+        results = await asyncio.gather(*(again(rid) for rid in restaurant_ids), return_exceptions=True)
+        for rid, result in zip(restaurant_ids, results, strict=True):
+            if isinstance(result, Settled):
+                out.settled[rid] = result
+            elif isinstance(result, Exception):
+                out.failed[rid] = result
+            elif isinstance(result, BaseException):
+                raise result  # cancelled: the batch is being abandoned

@@ -2,19 +2,28 @@
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
 
 from core.clock_queue import ClockQueue
-from core.presence_store import PresenceStore, RestaurantSnapshot, from_ms, now_ms, parse_profile
+from core.presence_store import PresenceStore, RestaurantSnapshot, from_ms, now_ms
 from core.settings import Settings
 from core.status_service import Settled, StatusService
 from scheduler.metrics import SchedulerMetrics
 from scheduler.rebuild import next_due_ms
-from scheduler.retry import Abandoned, Retrier
+from scheduler.retry import OUTAGES, Abandoned, Retrier
 from scheduler.status_publisher import StatusPublisher
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SettledBatch:
+    transitions: list[tuple[str, Settled]]  # committed, to publish
+    through: list[RestaurantSnapshot]  # went through (as read): to reschedule at their next boundary
+    unknown: list[str]  # never provisioned: dropped from the queue
 
 
 class Drainer:
@@ -44,90 +53,93 @@ class Drainer:
     async def drain(self) -> None:
         """Until nothing is due (or this scheduler stops leading).
 
-        One batch at a time: inside a batch the confirms already overlap the next settles, and
-        several batches at once measured slower here (the event loop is the bottleneck).
+        Two batches overlap, no more: while one batch's events wait for RabbitMQ's confirms and its
+        restaurants are rescheduled, the next batch is claimed and settled. The event loop is the
+        bottleneck, so more batches at once would only queue behind each other.
         """
-        while self.acting():
-            claimed_at, ids = await self.retry(self._claim, "claiming due restaurants")
-            if not ids:
-                return
-            self.metrics.claimed.inc(len(ids))
-            self.metrics.batch_size.observe(len(ids))
-            with self.metrics.batch_seconds.time():
-                await self._process(ids, claimed_at, claimed_at + self.lease_ms)
+        finishing: asyncio.Task[None] | None = None
+        try:
+            while self.acting():
+                claimed_at, ids = await self.retry(self._claim, "claiming due restaurants")
+                if not ids:
+                    break
+                self.metrics.claimed.inc(len(ids))
+                self.metrics.batch_size.observe(len(ids))
+                started = time.perf_counter()
+                settled = await self._settle(ids)
+                if finishing is not None:
+                    await finishing
+                finishing = asyncio.create_task(self._finish(settled, claimed_at, started), name="drain-finish")
+        except BaseException:
+            if finishing is not None:  # the batch in hand still goes out (cancelled: given up); this error wins
+                if not finishing.done() and asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                    finishing.cancel()
+                await asyncio.gather(finishing, return_exceptions=True)
+            raise
+        if finishing is not None:
+            await finishing
 
     async def _claim(self) -> tuple[int, list[str]]:
         at = now_ms()
         return at, await self.clock.claim(at, self.lease_ms, self.settings.scheduler_batch_size)
 
-    async def _process(self, ids: list[str], claimed_at: int, lease_until: int) -> None:
-        profiles = await self.retry(partial(self._profiles, ids), "reading claimed restaurants")
-        snaps = [_snapshot(rid, p) for rid, p in zip(ids, profiles, strict=True)]
-        missing = [snap for snap in snaps if snap.rules is None]
-        unknown = set(await self.retry(partial(self.status.fill_profiles, missing), "loading profiles"))
-        known = [snap for snap in snaps if snap.restaurant_id not in unknown]
-        settled = set(await self.settle_many([snap.restaurant_id for snap in known]))
+    async def _finish(self, settled: SettledBatch, claimed_at: int, started: float) -> None:
+        """Publish a settled batch, then queue each of its restaurants at its next boundary."""
+        await self.publisher.publish_settled(settled.transitions, self.retry)
         # From the claim instant, not later: settle used a `now` at or after it, so no boundary in between is lost.
         at = from_ms(claimed_at)
-        next_due: list[tuple[str, int | None]] = [(rid, None) for rid in unknown]  # never provisioned: dropped
-        for snap in known:
-            if snap.restaurant_id not in settled:
-                continue  # failed: it stays leased and is due again when the lease ends
+        next_due: list[tuple[str, int | None]] = [(rid, None) for rid in settled.unknown]  # never provisioned: dropped
+        for snap in settled.through:  # those that failed are not here: they stay leased and are due again when it ends
             try:
                 next_due.append((snap.restaurant_id, next_due_ms(snap, at)))
             except Exception:
                 self._failed(snap.restaurant_id, "its next boundary cannot be computed")
-        await self.retry(partial(self.clock.reschedule, lease_until, next_due), "rescheduling")
-
-    async def _profiles(self, ids: Sequence[str]) -> list[str | None]:
-        """Only the profiles (not whole snapshots): the next boundary needs nothing else."""
-        async with self.store.redis.pipeline(transaction=False) as pipe:
-            for rid in ids:
-                pipe.hget(self.store.key(rid), "p")
-            return list(await pipe.execute())
+        await self.retry(partial(self.clock.reschedule, claimed_at + self.lease_ms, next_due), "rescheduling")
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
 
     async def settle_many(self, ids: Sequence[str]) -> list[str]:
-        """Settle each restaurant (`scheduler_concurrency` at a time) and publish what changed.
+        """Settle the restaurants and publish what changed; returns those that went through (the rebuild's path)."""
+        settled = await self._settle(ids)
+        await self.publisher.publish_settled(settled.transitions, self.retry)
+        return [snap.restaurant_id for snap in settled.through]
 
-        A restaurant's STATUS_CHANGED is published as soon as it is committed, outside the gate, so
-        the wait for RabbitMQ's confirms overlaps the next settles; clearing the outbox fields and
-        the retained statuses then go for the whole batch together. Returns the restaurants that
-        went through; a failing one is logged, counted and left out.
+    async def _settle(self, ids: Sequence[str]) -> SettledBatch:
+        """Settle a batch with `StatusService.settle_batch`: its transitions, to publish together.
+
+        One that failed is logged, counted and left out; one that failed because a backing service
+        went away meanwhile is settled again on its own, with backoff.
         """
+        batch = await self.retry(partial(self.status.settle_batch, ids), f"settling {len(ids)} restaurants")
+        transitions = list(batch.settled.items())
+        failed = set(batch.failed)
+        outages = [rid for rid, exc in batch.failed.items() if isinstance(exc, OUTAGES)]
+        for rid, exc in batch.failed.items():
+            if rid not in outages:
+                self._failed(rid, "settling failed", exc)
+        for again, settled in await asyncio.gather(*(self._settle_one(rid) for rid in outages)):
+            if again is not None:
+                failed.discard(again)
+                if settled is not None:
+                    transitions.append((again, settled))
+        through = [snap for snap in batch.snapshots if snap.restaurant_id not in failed]
+        for snap in through:
+            self._failing.discard(snap.restaurant_id)
+        return SettledBatch(transitions, through, batch.unknown)
 
-        async def one(rid: str) -> tuple[str, Settled | None] | None:
-            async with self._gate:
-                try:
-                    settled = await self.retry(partial(self.status.settle, rid), f"settling {rid}")
-                except Abandoned:
-                    raise
-                except Exception:
-                    self._failed(rid, "settling failed")
-                    return None
-            if settled is not None and not await self.publisher.confirm(rid, settled, self.retry):
-                return rid, None
-            return rid, settled
+    async def _settle_one(self, rid: str) -> tuple[str | None, Settled | None]:
+        """(rid, what to publish) once settled, (None, None) if it failed."""
+        async with self._gate:
+            try:
+                return rid, await self.retry(partial(self.status.settle, rid), f"settling {rid}")
+            except Abandoned:
+                raise
+            except Exception as exc:
+                self._failed(rid, "settling failed", exc)
+                return None, None
 
-        outcomes = await asyncio.gather(*(one(rid) for rid in ids), return_exceptions=True)
-        done = [o for o in outcomes if isinstance(o, tuple)]
-        await self.publisher.complete([(rid, s) for rid, s in done if s is not None], self.retry)
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                raise outcome  # Abandoned (no longer acting), once what did settle is published
-        for rid, _ in done:
-            self._failing.discard(rid)
-        return [rid for rid, _ in done]
-
-    def _failed(self, rid: str, what: str) -> None:
+    def _failed(self, rid: str, what: str, exc: BaseException | None = None) -> None:
         """Logged with its traceback the first time, counted every time; never fatal."""
         self.metrics.failures.inc()
         if rid not in self._failing:
             self._failing.add(rid)
-            logger.exception("restaurant %s: %s; retried when its lease ends", rid, what)
-
-
-def _snapshot(restaurant_id: str, profile: str | None) -> RestaurantSnapshot:
-    if profile is None:
-        return RestaurantSnapshot(restaurant_id)  # Redis lacks it: `fill_profiles` asks MongoDB
-    rules, group = parse_profile(profile)
-    return RestaurantSnapshot(restaurant_id, rules=rules, group=group)
+            logger.error("restaurant %s: %s; retried when its lease ends", rid, what, exc_info=exc or True)

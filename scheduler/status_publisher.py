@@ -23,7 +23,7 @@ from core.shards import shard_of
 from core.status_service import Settled
 from scheduler.metrics import SchedulerMetrics
 from scheduler.retained_link import RetainedLink
-from scheduler.retry import Abandoned
+from scheduler.retry import OUTAGES, Abandoned
 
 logger = logging.getLogger(__name__)
 
@@ -95,21 +95,56 @@ class StatusPublisher:
     async def publish_event(self, event: Event) -> None:
         await asyncio.wait_for(self.events.publish(event), CONFIRM_TIMEOUT_S)
 
-    async def confirm(self, restaurant_id: str, settled: Settled, retry: Retry[None]) -> bool:
-        """Publish a settled transition's STATUS_CHANGED and wait for RabbitMQ's confirm.
+    async def publish_settled(self, settled: Sequence[tuple[str, Settled]], retry: Retry[None]) -> None:
+        """A batch's STATUS_CHANGED all in flight at once, then `complete` for those RabbitMQ confirmed.
 
-        False if it cannot be published for a reason other than an outage: it stays in the outbox,
-        for the periodic sweep. Abandoned (no longer acting): it stays there for the next leader.
+        The confirms are awaited together, under one deadline, not one publish after the other. Those
+        lost to an outage are published again, with backoff, until confirmed; one refused for another
+        reason stays in the outbox for the periodic sweep.
+        Abandoned (no longer acting): what was confirmed is still completed, the rest stays in the
+        outbox for the next leader.
         """
+        pending = list(settled)
+        confirmed: list[tuple[str, Settled]] = []
         try:
-            await retry(partial(self.publish_event, settled.event), f"STATUS_CHANGED of {restaurant_id}")
+            while pending:
+                await retry(partial(self._publish_round, pending, confirmed), f"{len(pending)} STATUS_CHANGED")
         except Abandoned:
+            await self.complete(confirmed, retry)
             raise
-        except Exception:
-            logger.exception("STATUS_CHANGED of %s not published; left in the outbox", restaurant_id)
-            return False
-        self.metrics.status_changes.inc()
-        return True
+        await self.complete(confirmed, retry)
+
+    async def _publish_round(self, pending: list[tuple[str, Settled]], confirmed: list[tuple[str, Settled]]) -> None:
+        """Publish every pending event; move the confirmed ones out of `pending`, raise if an outage hit any."""
+        tasks = [asyncio.ensure_future(self.events.publish(s.event)) for _, s in pending]
+        try:
+            _done, late = await asyncio.wait(tasks, timeout=CONFIRM_TIMEOUT_S)  # one deadline for the round
+        finally:
+            for task in tasks:
+                task.cancel()  # no-op for those done; the late ones count as an outage
+        if late:
+            await asyncio.wait(late)
+        again: list[tuple[str, Settled]] = []
+        outage: BaseException | None = None
+        done = len(confirmed)
+        for item, task in zip(pending, tasks, strict=True):
+            if task in late:
+                error: BaseException | None = TimeoutError("no confirm in time")
+            elif task.cancelled():  # the channel closed under it
+                error = ConnectionError("publish cancelled")
+            else:
+                error = task.exception()
+            if error is None:
+                confirmed.append(item)
+            elif isinstance(error, OUTAGES):
+                again.append(item)
+                outage = outage or error
+            else:
+                logger.error("STATUS_CHANGED of %s not published; left in the outbox", item[0], exc_info=error)
+        self.metrics.status_changes.inc(len(confirmed) - done)
+        pending[:] = again
+        if outage is not None:
+            raise outage
 
     async def complete(self, published: Sequence[tuple[str, Settled]], retry: Retry[None]) -> None:
         """After the confirms: their outbox fields cleared in one round trip, the retained statuses handed to MQTT."""

@@ -73,7 +73,7 @@ class Scheduler:
     async def run(self) -> None:
         s = self.settings
         pool = BlockingConnectionPool.from_url(
-            # The drain and the rebuild may each settle `scheduler_concurrency` at once; a few more for the rest.
+            # The drain and the rebuild may each retry `scheduler_concurrency` one by one; a few more for the rest.
             s.redis_url, max_connections=2 * s.scheduler_concurrency + 16, timeout=30, decode_responses=True,
             # A Redis that stops answering (not only one that refuses) is an outage too, not a hang.
             socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S,

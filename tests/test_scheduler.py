@@ -7,9 +7,10 @@ import signal
 import sys
 import threading
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -18,17 +19,18 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from redis.asyncio import Redis
 
+from core.amqp import EventPublisher
 from core.clock_queue import ClockQueue
 from core.db import open_mongo
 from core.documents import Restaurant, UnavailabilityLog, UnavailabilityRecord
 from core.ids import status_topic
-from core.messages import Event, EventType, utc_now
-from core.presence_store import PresenceStore, outbox_field
+from core.messages import DeviceState, Event, EventType, utc_now
+from core.presence_store import PresenceStore, RestaurantSnapshot, outbox_field
 from core.profiles import load_profiles, restaurant_profile
 from core.settings import Settings
 from core.status import Unavailability, UnavailabilityReason
 from core.status_codec import profile_json
-from core.status_service import StatusService
+from core.status_service import Settled, StatusService
 from scheduler.leader import LeaderLock
 from scheduler.worker import Scheduler
 from tests.devices import ALWAYS_OPEN, EventTap, make_restaurant, settle_time
@@ -295,6 +297,97 @@ async def test_burst_of_200_openings_in_one_batch(env: dict[str, Any]) -> None:
         await settle_time(0.5)
     for rid in ids:
         assert_once_on_both_queues(env, rid, ["DISCONNECTED", "UNAVAILABLE"])
+
+
+class WriterMidBatch(PresenceStore):
+    """A real store whose batch read lets another writer act between the batch's read and its commits."""
+
+    def __init__(self, store: PresenceStore, writer: Callable[[], Awaitable[None]]) -> None:
+        super().__init__(store.redis, store.prefix)
+        self.writer: Callable[[], Awaitable[None]] | None = writer
+
+    async def snapshots(self, restaurant_ids: Sequence[str]) -> list[RestaurantSnapshot]:
+        snaps = await super().snapshots(restaurant_ids)
+        if len(restaurant_ids) > 1 and self.writer is not None:  # the batch's read, not `settle`'s
+            writer, self.writer = self.writer, None
+            await writer()
+        return snaps
+
+
+async def status_changes(store: PresenceStore, rid: str) -> list[Event]:
+    raw = cast(dict[str, str], await store.redis.hgetall(store.key(rid)))
+    events = [Event.model_validate_json(v) for k, v in sorted(raw.items()) if k.startswith("o:")]
+    return [e for e in events if e.type is EventType.STATUS_CHANGED]
+
+
+async def test_batch_settles_once_when_another_writer_moves_the_version_mid_batch(env: dict[str, Any]) -> None:
+    store, window = env["store"], timedelta(seconds=env["settings"].stale_after_s)
+    quiet, changed, born = (unique(f"s-batch-{name}") for name in ("quiet", "changed", "born"))
+    await store.set_profiles({rid: profile_json("A", "UTC", ALWAYS_OPEN) for rid in (quiet, changed, born)})
+    start = whole_ms(utc_now() - timedelta(minutes=1))
+    holiday = Unavailability(start, start + timedelta(hours=1), UnavailabilityReason.HOLIDAY)
+    bridge = StatusService(store, window)  # the bridge's own path, `settle`
+    by_bridge: list[Settled | None] = []
+
+    async def writer() -> None:
+        # The API changes a profile (the version moves) and leaves the settling to the scheduler.
+        await store.set_profiles({changed: profile_json("A", "UTC", ALWAYS_OPEN, [holiday])})
+        # A bridge applies a device's birth (the version moves) and commits the transition itself.
+        birth = Event(type=EventType.DEVICE_ONLINE, restaurant_id=born, device_id="tablet", data={"epoch": 1})
+        await store.apply_presence([(born, "tablet", 1, DeviceState.ONLINE, birth)])
+        by_bridge.append(await bridge.settle(born))
+
+    batch = await StatusService(WriterMidBatch(store, writer), window).settle_batch([quiet, changed, born])
+    assert by_bridge and by_bridge[0] is not None and by_bridge[0].status.online
+    assert not batch.failed and not batch.unknown and len(batch.snapshots) == 3
+    assert sorted(batch.settled) == sorted([quiet, changed])  # the bridge committed `born` first: nothing new
+    assert batch.settled[quiet].status.reason == "DISCONNECTED"
+    assert batch.settled[changed].status.reason == "UNAVAILABLE" and batch.settled[changed].status.since == start
+    for rid, reason in ((quiet, "DISCONNECTED"), (changed, "UNAVAILABLE"), (born, None)):
+        events = await status_changes(store, rid)
+        assert [e.data["reason"] for e in events] == [reason], rid  # one STATUS_CHANGED each, from one writer
+        committed = cast(str, await store.redis.hget(store.key(rid), "s"))
+        assert json.loads(committed)["reason"] == reason
+    assert [e.event_id for e in await status_changes(store, changed)] == [batch.settled[changed].event.event_id]
+    again = await env["service"].settle_batch([quiet, changed, born])  # nothing moved since: nothing new
+    assert not again.settled and not again.failed
+
+
+async def test_burst_raced_by_other_writers_announces_each_transition_once(env: dict[str, Any]) -> None:
+    """The scheduler's batches against writers that settle the same restaurants and move their versions."""
+    settings, store, clock, tap = env["settings"], env["store"], env["clock"], env["tap"]
+    ids = [f"{unique('s-race')}-{n:03d}" for n in range(60)]
+    start = whole_ms(utc_now() + timedelta(seconds=3))
+    holiday = Unavailability(start, start + timedelta(hours=1), UnavailabilityReason.HOLIDAY)
+    profiles = {rid: profile_json("A", "UTC", ALWAYS_OPEN, [holiday]) for rid in ids}
+    await store.set_profiles(profiles)
+    await clock.mark_now(ids)
+    bridge, events = env["service"], EventPublisher(settings)
+    await events.open()
+
+    async def settle_and_publish(rid: str) -> None:  # what a bridge does after a device's message
+        settled = await bridge.settle(rid)
+        if settled is not None:
+            await events.publish(settled.event)
+            await store.clear_outbox(rid, [settled.outbox_field])
+
+    try:
+        async with running(settings):
+            await wait_until(lambda: all(tap.of(rid, "STATUS_CHANGED") for rid in ids), 20, message="initial")
+            await wait_until(lambda: utc_now() >= start, 10)
+            for _ in range(5):  # bounded: the race is over within the scheduler's first batch or two
+                await store.set_profiles(profiles)  # the API rewrites them: every version moves
+                await asyncio.gather(*(settle_and_publish(rid) for rid in ids))
+            await wait_until(lambda: all(len(tap.of(rid, "STATUS_CHANGED")) >= 2 for rid in ids), 30,
+                             message="not every restaurant became unavailable")  # fmt: skip
+            for rid in ids:
+                await wait_until(partial(outbox_empty, store, rid), 10, message=f"outbox of {rid}")
+            await settle_time(0.5)
+    finally:
+        await events.close()
+    for rid in ids:
+        assert_once_on_both_queues(env, rid, ["DISCONNECTED", "UNAVAILABLE"])
+        assert since(tap.of(rid, "STATUS_CHANGED")[1]) == start
 
 
 async def test_unknown_restaurant_is_dropped_from_the_queue(env: dict[str, Any]) -> None:
