@@ -1,21 +1,24 @@
 """The scheduler's view rebuilt from MongoDB, and the outbox left by a writer that died.
 
-Rebuild: every profile MongoDB holds is compared with Redis's copy and rewritten only where it
+Rebuild: every profile MongoDB holds is compared with Redis's copy and copied again only where it
 differs (so 100,000 restaurants do not all get a version bump), every restaurant's next clock
 boundary is queued, and every restaurant whose committed status is not what the rules say now is
 settled. A restart therefore misses nothing (a boundary that passed while no scheduler ran is
 settled here or by the queue) and doubles nothing (settling an already right status commits nothing).
 """
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
 from core.clock_queue import ClockQueue
+from core.errors import PresenceError
 from core.messages import utc_now
 from core.presence_store import PresenceStore, RestaurantSnapshot, parse_profile
 from core.profiles import all_profiles
+from core.restaurant_admin import refresh_profile
 from core.status import next_clock_boundary
 from core.status_service import StatusService
 from scheduler.metrics import SchedulerMetrics
@@ -25,6 +28,7 @@ from scheduler.status_publisher import Retry, StatusPublisher
 logger = logging.getLogger(__name__)
 
 SCAN_CHUNK = 1000
+REFRESHES_AT_ONCE = 16
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -91,25 +95,25 @@ class Rebuilder:
 
     async def _apply(self, profiles: dict[str, str]) -> None:
         snaps = await self.store.snapshots(list(profiles))
-        changed: dict[str, str] = {}
-        for snap in snaps:
-            rules, group = parse_profile(profiles[snap.restaurant_id])
-            if snap.rules != rules or snap.group != group:
-                changed[snap.restaurant_id] = profiles[snap.restaurant_id]
-                snap.rules, snap.group = rules, group
+        changed = [
+            snap.restaurant_id for snap in snaps
+            if (snap.rules, snap.group) != parse_profile(profiles[snap.restaurant_id])
+        ]  # fmt: skip
         if changed:
-            await self.store.set_profiles(changed)
-            self.metrics.profiles_written.inc(len(changed))
+            await self._refresh(changed)
+        refreshed = set(changed)
         now = utc_now()
         due: dict[str, int] = {}
         stale: list[str] = []
         for snap in snaps:
+            if snap.restaurant_id in refreshed:
+                continue  # marked due now by the refresh: the drain settles it and queues its next boundary
             try:
                 nxt = next_due_ms(snap, now)
                 if nxt is not None:
                     due[snap.restaurant_id] = nxt
                 last = snap.last_status
-                if snap.restaurant_id in changed or last is None or self.status.derive(snap, now).core != last.core:
+                if last is None or self.status.derive(snap, now).core != last.core:
                     stale.append(snap.restaurant_id)
             except Exception:
                 logger.exception("rebuild: the profile of %s cannot be evaluated", snap.restaurant_id)
@@ -117,3 +121,19 @@ class Rebuilder:
         await self.clock.schedule(due)
         if stale:
             await self.settle(stale)
+
+    async def _refresh(self, restaurant_ids: Sequence[str]) -> None:
+        """Copy these profiles from MongoDB again, not from the scan: the scan's read may predate an API
+        change that has since reached both MongoDB and Redis, and writing it would undo that change in
+        Redis until the next rebuild. `refresh_profile` re-reads until its copy equals MongoDB."""
+        gate = asyncio.Semaphore(REFRESHES_AT_ONCE)
+
+        async def one(rid: str) -> None:
+            async with gate:
+                try:
+                    await refresh_profile(self.store, self.clock, rid)
+                except PresenceError as exc:  # removed meanwhile
+                    logger.info("rebuild: %s not refreshed: %s", rid, exc)
+
+        await asyncio.gather(*(one(rid) for rid in restaurant_ids))
+        self.metrics.profiles_written.inc(len(restaurant_ids))

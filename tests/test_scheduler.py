@@ -204,6 +204,20 @@ async def test_boundary_missed_while_stopped_is_announced_once_after_restart(env
     await mongo.close()
 
 
+async def test_rebuild_does_not_undo_a_change_made_after_its_scan(env: dict[str, Any], stack: Any) -> None:
+    settings, store = env["settings"], env["store"]
+    rid = unique("s-rescan")
+    await make_restaurant(settings, stack, rid, group="B")  # an admin's change, in MongoDB ...
+    [current] = (await load_profiles([rid])).values()
+    await store.set_profiles({rid: current})  # ... and in Redis, as the API writes it
+    scanned_before = profile_json("A", "America/Sao_Paulo", ALWAYS_OPEN)  # the rebuild's scan read it earlier
+    async with running(settings) as scheduler:
+        await scheduler.rebuilder._apply({rid: scanned_before})
+        snap = await store.snapshot(rid)
+        assert snap.group == "B", "the rebuild wrote back what its scan had read before the change"
+        assert await store.redis.hget(store.key(rid), "p") == current
+
+
 async def test_outbox_left_by_a_crashed_scheduler_is_published_once(env: dict[str, Any], stack: Any) -> None:
     settings, store = env["settings"], env["store"]
     rid = unique("s-crash")
