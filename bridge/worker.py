@@ -72,6 +72,7 @@ class Bridge:
         self.metrics_port: int | None = None
         self._retained_after_start: list[tuple[str, str]] = []
         self._held_wills: list[tuple[float, PresenceRow]] = []
+        self._sweeping = asyncio.Lock()
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -156,6 +157,7 @@ class Bridge:
         now = time.monotonic()
         due = [row for at, row in self._held_wills if everything or at <= now]
         if due:
+            await self._sweep_once()
             with self.metrics.batch_seconds.labels("presence").time():
                 await self._apply_presence(due)
             self._held_wills = [(at, row) for at, row in self._held_wills if not (everything or at <= now)]
@@ -229,6 +231,8 @@ class Bridge:
                 due = time.monotonic() + grace
                 self._held_wills.extend((due, row) for row in live_wills)
                 presence = [p for p in presence if p not in live_wills]
+        if presence or beats:
+            await self._sweep_once()
         if presence:
             with self.metrics.batch_seconds.labels("presence").time():
                 await self._apply_presence(presence)
@@ -333,25 +337,35 @@ class Bridge:
 
     async def _sweep_loop(self) -> None:
         """Mark stale the devices whose last heartbeat is older than the window."""
-        window_ms = int(self.settings.stale_after_s * 1000)
         while True:
             await asyncio.sleep(self.settings.sweep_interval_s)
             try:
-                cutoff = now_ms() - window_ms
-                candidates = await self.store.stale_candidates(cutoff)
-                if not candidates:
-                    continue
-                at = from_ms(now_ms())
-                rows = [
-                    (rid, did, score, Event(type=EventType.DEVICE_OFFLINE, restaurant_id=rid, device_id=did, ts=at,
-                                            data={"cause": "stale", "last_seen": from_ms(score).isoformat()}))
-                    for rid, did, score in candidates
-                ]
-                results = await self.store.mark_stale(rows, cutoff)
-                self.metrics.stale_marked.inc(sum(1 for r in results if r.code == 2))
-                await self._after_transitions([(row[0], res) for row, res in zip(rows, results, strict=True)])
+                await self._sweep_once()
             except Exception:
                 logger.exception("stale sweep failed; retrying at the next tick")
+
+    async def _sweep_once(self) -> None:
+        """One sweep; also run before every batch of device messages, under one lock with the loop's.
+
+        A device silent past the window reads as disconnected from that instant, but until the sweep
+        flags it its next heartbeat or birth finds it still "connected" in Redis and commits nothing:
+        the DISCONNECTED interval in between would never reach the history. Sweeping first commits it.
+        """
+        window_ms = int(self.settings.stale_after_s * 1000)
+        async with self._sweeping:
+            cutoff = now_ms() - window_ms
+            candidates = await self.store.stale_candidates(cutoff)
+            if not candidates:
+                return
+            at = from_ms(now_ms())
+            rows = [
+                (rid, did, score, Event(type=EventType.DEVICE_OFFLINE, restaurant_id=rid, device_id=did, ts=at,
+                                        data={"cause": "stale", "last_seen": from_ms(score).isoformat()}))
+                for rid, did, score in candidates
+            ]
+            results = await self.store.mark_stale(rows, cutoff)
+            self.metrics.stale_marked.inc(sum(1 for r in results if r.code == 2))
+            await self._after_transitions([(row[0], res) for row, res in zip(rows, results, strict=True)])
 
     async def _convergence_loop(self) -> None:
         """Say when every shard's retained presence has been read; read it again if Redis loses it."""

@@ -166,12 +166,10 @@ class PresenceStore:
         async with self.redis.pipeline(transaction=False) as pipe:
             for (rid, did, epoch, state, event), name in zip(items, fields, strict=True):
                 await self._apply(
-                    keys=[self.key(rid)],
-                    args=[did, epoch, state.value, at, name, event.model_dump_json()],
+                    keys=[self.key(rid), self.heartbeat_index],
+                    args=[did, epoch, state.value, at, name, event.model_dump_json(), f"{rid}/{did}"],
                     client=pipe,
                 )
-                if state is DeviceState.ONLINE:
-                    pipe.zadd(self.heartbeat_index, {f"{rid}/{did}": int(at)})
             raw = await pipe.execute()
         return self._results(raw, items, fields, lambda item: item[4])
 

@@ -1,6 +1,8 @@
 -- Apply one presence message (birth, will or graceful offline) to a restaurant's hash.
--- KEYS[1] restaurant hash
--- ARGV: device_id, epoch, state ("online"|"offline"), now_ms, outbox_field, event_json
+-- KEYS[1] restaurant hash, KEYS[2] heartbeat index (sorted set: the stale sweep's view of last_seen)
+-- ARGV: device_id, epoch, state ("online"|"offline"), now_ms, outbox_field, event_json, index member
+-- Only an accepted birth moves the device's last_seen and its place in the index: an ignored one (a
+-- retained birth read again after a restart, say) must not postpone the stale sweep.
 -- The (epoch, state) rule of DESIGN.md §3: within one epoch offline outranks online; an older or
 -- equal message is ignored, whatever order messages arrive in on however many bridges.
 -- Returns {code, version}: code 0 ignored, 1 stored without a device transition, 2 device transition
@@ -21,6 +23,7 @@ end
 redis.call("HSET", key, "d:" .. did, ARGV[2] .. "|" .. state .. "|" .. now .. "|0")
 if state == "online" then
   redis.call("HSET", key, "l:" .. did, now)
+  redis.call("ZADD", KEYS[2], now, ARGV[7])
 end
 local version = redis.call("HINCRBY", key, "v", 1)
 local is_connected = (state == "online")
