@@ -19,6 +19,9 @@ class BridgeMetrics:
         )
         self.status_changes = Counter("bridge_status_changes_total", "STATUS_CHANGED committed", registry=r)
         self.events_published = Counter("bridge_events_published_total", "Events confirmed by RabbitMQ", registry=r)
+        self.held_restaurants = Gauge(
+            "bridge_held_restaurants", "Restaurants whose events wait in Redis for RabbitMQ to come back", registry=r
+        )
         self.batch_seconds = Histogram(
             "bridge_batch_seconds",
             "Time to apply one batch to Redis and publish its transitions",

@@ -20,6 +20,7 @@ from prometheus_client import start_http_server
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from bridge.dead_letters import DeadLetters
+from bridge.event_outbox import EventOutbox
 from bridge.inbox import Inbox
 from bridge.metrics import BridgeMetrics
 from bridge.mqtt_link import BrokerLink, Inbound
@@ -53,6 +54,8 @@ SETTLE_CONCURRENCY = 50
 REDIS_CONNECTIONS = 64
 QUIET_AFTER_RETAINED_S = 1.0  # no retained message for this long after SUBACK: the shard is read
 REDIS_WATCH_S = 1.0  # how often the marker key is checked for a Redis that lost its state
+PUBLISH_TIMEOUT_S = 2.0  # a confirm slower than this: RabbitMQ is taken as away, events wait in Redis
+FLUSH_EVERY_S = 0.5  # how often events held in Redis are offered to RabbitMQ again
 
 
 class Bridge:
@@ -90,6 +93,7 @@ class Bridge:
         self.store = PresenceStore(redis, self.settings.redis_prefix)
         self.status = StatusService(self.store, self.window)
         self.dead_letters = DeadLetters(self.publisher, self.metrics)
+        self.outbox = EventOutbox(self.store, self.publisher, self.metrics, PUBLISH_TIMEOUT_S)
         httpd = None
         if self.settings.bridge_metrics_port >= 0:
             httpd, _ = start_http_server(self.settings.bridge_metrics_port, "127.0.0.1", self.metrics.registry)
@@ -108,6 +112,7 @@ class Bridge:
             tasks = [
                 asyncio.create_task(self._sweep_loop(), name="sweep"),
                 asyncio.create_task(self._convergence_loop(), name="convergence"),
+                asyncio.create_task(self._flush_loop(), name="flush"),
             ]
             await self._main_loop()
             for task in tasks:
@@ -143,6 +148,11 @@ class Bridge:
         while batch := await self.inbox.take(self.settings.heartbeat_batch_max, wait_s=0):
             await self._run_batch(partial(self._process, batch), batch)
         await self._run_batch(partial(self._release_wills, everything=True), [])
+        if self.outbox.backlog:
+            try:
+                await self.outbox.flush()  # what still waits stays in Redis for the next bridge's start
+            except OUTAGES as exc:
+                logger.warning("events left in Redis for the next bridge: %s", exc)
         await self._check_retained(wait=True)
         for link in self.links:
             await link.stop()
@@ -285,12 +295,12 @@ class Bridge:
 
         async def one(rid: str, transitions: list[ScriptResult]) -> None:
             async with gate:
+                items = []
                 for res in transitions:
                     assert res.event is not None and res.outbox_field is not None
-                    await self.publisher.publish(res.event)
-                    self.metrics.events_published.inc()
+                    items.append((res.outbox_field, res.event))
                     self.metrics.device_transitions.labels(res.event.type.value).inc()
-                await self.store.clear_outbox(rid, [r.outbox_field for r in transitions if r.outbox_field])
+                await self.outbox.publish(rid, items)
                 await self._settle(rid)
 
         await asyncio.gather(*(one(rid, tr) for rid, tr in per_restaurant.items()))
@@ -299,11 +309,20 @@ class Bridge:
         settled = await self.status.settle(restaurant_id)
         if settled is None:
             return
-        await self.publisher.publish(settled.event)
-        self.metrics.events_published.inc()
         self.metrics.status_changes.inc()
-        await self.store.clear_outbox(restaurant_id, [settled.outbox_field])
-        self._publish_retained(restaurant_id, settled.status_json)
+        await self.outbox.publish(restaurant_id, [(settled.outbox_field, settled.event)])
+        self._publish_retained(restaurant_id, settled.status_json)  # devices hear it even while RabbitMQ is away
+
+    async def _flush_loop(self) -> None:
+        """Offer the events held in Redis to RabbitMQ again until it takes them all."""
+        while True:
+            await asyncio.sleep(FLUSH_EVERY_S)
+            if not self.outbox.backlog:
+                continue
+            try:
+                await self.outbox.flush()
+            except OUTAGES as exc:  # Redis away: the next round tries again
+                logger.info("could not flush held events (%s)", exc)
 
     def _publish_retained(self, restaurant_id: str, status_json: str) -> None:
         link = self.links[shard_of(restaurant_id, len(self.links))]

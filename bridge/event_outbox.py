@@ -1,0 +1,92 @@
+"""Committed events from the restaurants' Redis outboxes to RabbitMQ, without RabbitMQ holding up the bridge.
+
+Every event is written to its restaurant's hash (an outbox field) by the same script that changes the
+facts, so once committed it cannot be lost; publishing it is a separate step. If that step waited for
+RabbitMQ, an outage of a few seconds would stop the bridge from applying heartbeats, and the devices
+would be taken for silent because the event bus was down. So while RabbitMQ is away the events stay
+in Redis, their restaurants join a backlog, and the bridge goes on. `flush` publishes the backlog,
+oldest field first, once RabbitMQ answers again; until then a restaurant in the backlog has its new
+events wait behind its older ones, so each restaurant's events keep their order.
+"""
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+import aio_pika.exceptions
+
+from bridge.metrics import BridgeMetrics
+from core.amqp import EventPublisher
+from core.messages import Event
+from core.presence_store import PresenceStore
+
+logger = logging.getLogger(__name__)
+
+# aio-pika's own list (AMQP errors, OSError and so TimeoutError, RuntimeError of a channel reconnecting).
+PUBLISH_OUTAGES = aio_pika.exceptions.CONNECTION_EXCEPTIONS
+
+
+class EventOutbox:
+    def __init__(
+        self, store: PresenceStore, publisher: EventPublisher, metrics: BridgeMetrics, timeout_s: float
+    ) -> None:
+        self.store = store
+        self.publisher = publisher
+        self.metrics = metrics
+        self.timeout_s = timeout_s
+        self.backlog: set[str] = set()
+        self.down = False
+
+    async def publish(self, restaurant_id: str, items: Sequence[tuple[str, Event]]) -> bool:
+        """Publish (outbox field, event) pairs of one restaurant in order and clear them from its outbox.
+
+        False when they stay in the outbox for `flush`: RabbitMQ is away, or older events of the same
+        restaurant still wait there.
+        """
+        if self.down or restaurant_id in self.backlog:
+            self._hold(restaurant_id)
+            return False
+        try:
+            for _name, event in items:
+                await asyncio.wait_for(self.publisher.publish(event), self.timeout_s)
+                self.metrics.events_published.inc()
+        except PUBLISH_OUTAGES as exc:
+            if not self.down:
+                logger.warning("RabbitMQ is away (%s: %s); events wait in Redis", type(exc).__name__, exc)
+            self.down = True
+            self._hold(restaurant_id)
+            return False
+        await self.store.clear_outbox(restaurant_id, [name for name, _event in items])
+        return True
+
+    def _hold(self, restaurant_id: str) -> None:
+        self.backlog.add(restaurant_id)
+        self.metrics.held_restaurants.set(len(self.backlog))
+
+    async def flush(self) -> int:
+        """Publish the backlog; stops at the first failure (to be called again). Returns events published."""
+        published = 0
+        for rid in sorted(self.backlog):
+            while True:
+                snap = await self.store.snapshot(rid)
+                if not snap.outbox:
+                    # No await between this read and the discard: a commit after it publishes by itself.
+                    self.backlog.discard(rid)
+                    break
+                names = sorted(snap.outbox)  # fields start with their commit time: oldest first
+                try:
+                    for name in names:
+                        await asyncio.wait_for(
+                            self.publisher.publish(Event.model_validate_json(snap.outbox[name])), self.timeout_s
+                        )
+                        self.metrics.events_published.inc()
+                        published += 1
+                except PUBLISH_OUTAGES:
+                    self.metrics.held_restaurants.set(len(self.backlog))
+                    return published
+                await self.store.clear_outbox(rid, names)
+        self.metrics.held_restaurants.set(len(self.backlog))
+        if self.down:
+            logger.info("RabbitMQ answers again: published %d events held in Redis", published)
+            self.down = False
+        return published
