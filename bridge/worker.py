@@ -69,6 +69,10 @@ class Bridge:
         self._stop = asyncio.Event()
         self._started = time.monotonic()
         self.converged = asyncio.Event()
+        # Redis lost its state: device facts are still applied, statuses wait for the retained ones to be
+        # restored (else each restaurant's unchanged status would be announced again) and are then all
+        # settled once, at the end of the reconciliation.
+        self._defer_settles = False
         self.links: list[BrokerLink] = []
         self._known: set[str] = set()
         self._retained_pending: list[tuple[str, str, MQTTMessageInfo]] = []
@@ -241,6 +245,9 @@ class Bridge:
                 due = time.monotonic() + grace
                 self._held_wills.extend((due, row) for row in live_wills)
                 presence = [p for p in presence if p not in live_wills]
+        if (presence or beats) and not self._defer_settles and not await self._redis_holds_state():
+            self._defer_settles = True  # noticed at once, not at the next REDIS_WATCH_S tick
+            logger.warning("Redis lost the platform's state; statuses wait for the reconciliation")
         if presence or beats:
             await self._sweep_once()
         if presence:
@@ -306,6 +313,8 @@ class Bridge:
         await asyncio.gather(*(one(rid, tr) for rid, tr in per_restaurant.items()))
 
     async def _settle(self, restaurant_id: str) -> None:
+        if self._defer_settles:
+            return  # _settle_all settles every restaurant when the reconciliation ends
         settled = await self.status.settle(restaurant_id)
         if settled is None:
             return
@@ -398,6 +407,7 @@ class Bridge:
                     quiet_since = max(link.last_retained_at, link.reconcile_subscribed_at)
                     if time.monotonic() - quiet_since >= QUIET_AFTER_RETAINED_S and len(self.inbox) == 0:
                         link.end_reconciliation()
+            self._defer_settles = False
             await self._run_batch(self._settle_all, [])
             elapsed = time.monotonic() - started
             self.metrics.reconcile_seconds.set(elapsed)
@@ -412,6 +422,7 @@ class Bridge:
                     logger.warning(
                         "Redis lost the platform's state (restarted empty?); reconciling from retained presence"
                     )
+                    self._defer_settles = True
                     await self._run_batch(self._mark_state, [])
                     self._known.clear()
                     for link in self.links:
