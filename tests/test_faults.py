@@ -1,0 +1,61 @@
+"""Faults in the middle of a churn run (bench/churn.py): each run ends with the API, the ranking and the
+history agreeing with the simulator's ground truth, and no transition lost.
+
+Each test runs the whole platform on its own private servers (the fault restarts one of them), 80
+restaurants for 45 s with the fault 12 s in (FerretDB: 8 s in, for 30 s). Checkpoints taken while the
+fault lasts (and a few seconds after) are reported apart, not asserted: the platform is allowed its
+documented recovery. What the platform could not know during an outage is tolerated as bench/churn.py
+says (two truths); nothing else.
+"""
+
+import pytest
+
+from bench.churn import FAULTS, ChurnConfig, ChurnReport, Fault, churn
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+
+RUN = ChurnConfig(restaurants=80, closed=3, boundary=3, duration_s=45.0, checkpoint_every_s=10.0, churn_rate=3.0)
+
+
+def run_with(name: str, at_s: float = 12.0, recovery_s: float = 5.0) -> ChurnReport:
+    return churn(RUN, [Fault(name, at_s, FAULTS[name], recovery_s)])
+
+
+def assert_whole(report: ChurnReport) -> None:
+    summary = report.summary()
+    assert len(report.faults) == 1, summary
+    recovered = report.faults[0].recovered_s
+    after = [c for c in report.checkpoints if c["at_s"] > recovered and not c["during_fault"]]
+    assert after and all(not c["error"] and c["checked"] > 0 for c in after), summary
+    assert report.divergences == [], summary
+    assert report.ranking_off == [], summary
+    assert report.transitions > 0 and report.lost_transitions == 0, summary
+    assert report.extra_in_history == [], summary
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="open bug (issue 5 note): after a kill -9 and restart the stale sweep sometimes does not flag a device "
+    "that went silent later, so its DISCONNECTED interval misses the history (1 run in 3 here)",
+)
+def test_bridge_killed_and_restarted() -> None:
+    assert_whole(run_with("kill-bridge"))
+
+
+def test_redis_restarted_empty() -> None:
+    # A session left silent when Redis was lost counts as heard from at the rebuild: one window more.
+    report = run_with("redis", recovery_s=RUN.stale_after_s + 2.0)
+    assert "converge_s" in report.faults[0].figures, report.summary()
+    assert_whole(report)
+
+
+def test_rabbitmq_restarted() -> None:
+    assert_whole(run_with("rabbitmq"))
+
+
+def test_ferretdb_stopped_for_30_s() -> None:
+    assert_whole(run_with("ferretdb", at_s=8.0))
+
+
+def test_broker_restarted() -> None:
+    assert_whole(run_with("broker", recovery_s=RUN.stale_after_s + 2.0))
