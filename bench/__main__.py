@@ -4,6 +4,8 @@ ingest  heartbeats/s through one bridge process (goal ≥ 25,000/s) against the 
 birth   p50/p99 from a device's birth to its restaurant being online in the API
 burst   the 10:00 opening: N restaurants open at once; time until every status, event and retained copy is right
 ranking the offline ranking over N restaurants × 30 days of history: top 100 and full CSV (goals ≤ 1 s, ≤ 5 s)
+churn   the whole platform under client_sim's churn against its ground truth (not part of `all`; bench/churn.py)
+scale   100,000 sessions over Mosquitto shards: storm, steady load, crash detection, batch status (not in `all`)
 """
 
 import argparse
@@ -17,6 +19,7 @@ from pathlib import Path
 from types import FrameType
 
 from bench.birth_latency import birth_benchmark
+from bench.churn import FAULTS, ChurnConfig, Fault, churn
 from bench.harness import Machine
 from bench.ingest import IngestConfig, ingest_benchmark
 from bench.load import publisher_count
@@ -24,6 +27,7 @@ from bench.opening_burst import burst_benchmark, burst_rows
 from bench.profiling import summarise
 from bench.ranking import ranking_benchmark, ranking_rows
 from bench.report import Row, birth_rows, ingest_rows, render, save
+from bench.scale import ScaleConfig, scale_benchmark, scale_rows
 from stack.process import REPO_ROOT
 
 GOAL_HEARTBEATS_PER_S = 25_000.0
@@ -36,7 +40,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("which", nargs="?", choices=["all", "ingest", "birth", "burst", "ranking"], default="all")
+    parser.add_argument(
+        "which", nargs="?", choices=["all", "ingest", "birth", "burst", "ranking", "churn", "scale"], default="all"
+    )
     parser.add_argument("--quick", action="store_true", help="reduced sizes: all of it in under two minutes")
     parser.add_argument("--devices", type=int, help="ingest: devices (= restaurants), one connection each")
     parser.add_argument("--duration", type=float, help="ingest: seconds of heartbeats")
@@ -58,6 +64,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="DIR",
         help="ingest: run the bridge under cProfile, one file per thread in DIR (slows it down)",
     )
+    parser.add_argument("--churn-restaurants", type=int, help="churn: restaurants (full 10,000; quick 500)")
+    parser.add_argument("--churn-duration", type=float, help="churn: seconds (full 600, a checkpoint a minute)")
+    parser.add_argument("--fault", choices=sorted(FAULTS), help="churn: inject this fault a third into the run")
+    parser.add_argument("--sessions", type=int, help="scale: device sessions (full 100,000; quick 5,000)")
+    parser.add_argument("--shards", type=int, help="scale: Mosquitto shards (full 8; quick 3)")
+    parser.add_argument("--ramp", type=float, help="scale: seconds over which the sessions connect (full 60; quick 15)")
     parser.add_argument("--keep", action="store_true", help="keep the servers' data and logs (paths are printed)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="results as JSON (default bench-results/<time>.json)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every server start and stop")
@@ -125,6 +137,27 @@ def main(argv: list[str] | None = None) -> int:
         ranking = ranking_benchmark(ranked, keep=args.keep)
         rows += ranking_rows(ranking)
         raw["ranking"] = dataclasses.asdict(ranking)
+    if args.which == "churn":
+        churn_config = (
+            ChurnConfig(restaurants=500, duration_s=90.0, checkpoint_every_s=15.0) if args.quick else ChurnConfig.full()
+        )
+        churn_config.restaurants = args.churn_restaurants or churn_config.restaurants
+        churn_config.duration_s = args.churn_duration or churn_config.duration_s
+        faults = [Fault(args.fault, churn_config.duration_s / 3, FAULTS[args.fault])] if args.fault else []
+        print(f"bench: churn with {churn_config}", file=sys.stderr)
+        report = churn(churn_config, faults, args.keep)
+        print(report.summary())
+        rows += report.rows()
+        raw["churn"] = dataclasses.asdict(report)
+    if args.which == "scale":
+        scale_config = ScaleConfig.quick() if args.quick else ScaleConfig.full()
+        scale_config.sessions = args.sessions or scale_config.sessions
+        scale_config.shards = args.shards or scale_config.shards
+        scale_config.ramp_s = args.ramp or scale_config.ramp_s
+        print(f"bench: scale with {scale_config}", file=sys.stderr)
+        scale = scale_benchmark(scale_config, args.keep)
+        rows += scale_rows(scale)
+        raw["scale"] = dataclasses.asdict(scale)
     meta["seconds"] = round(time.monotonic() - t0, 1)
     print()
     print(f"{meta['command']}  —  {meta['date']}  —  {meta['machine']}  —  {meta['seconds']} s")
