@@ -2,7 +2,7 @@
 PYTHON := .venv/bin/python
 SOURCES := core broker bridge api client_sim stack bench scheduler aggregator feed tests
 
-.PHONY: install run test lint bench
+.PHONY: install run test test-faults lint bench
 
 install:
 	bash scripts/install.sh
@@ -17,6 +17,10 @@ lint: install
 
 test: lint
 	$(PYTHON) -m pytest
+
+# Churn runs with one fault each (kill -9 of the bridge, Redis emptied, RabbitMQ, FerretDB, broker): ~6 min.
+test-faults: lint
+	$(PYTHON) -m pytest -m faults tests/test_faults.py
 
 bench: install
 	$(PYTHON) -m bench
