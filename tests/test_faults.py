@@ -14,7 +14,7 @@ import pytest
 
 from bench.churn import FAULTS, ChurnConfig, ChurnReport, Fault, churn
 
-pytestmark = [pytest.mark.slow, pytest.mark.faults, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.slow, pytest.mark.churn, pytest.mark.timeout(240)]
 
 RUN = ChurnConfig(restaurants=60, closed=3, boundary=3, duration_s=38.0, checkpoint_every_s=10.0, churn_rate=3.0)
 
