@@ -249,8 +249,14 @@ async def test_stack_run_starts_the_platform_and_stops_it_on_sigterm(tmp_path: P
         assert not list((var_dir / "run").glob("*.pid"))
     finally:
         if process.returncode is None:
-            process.kill()
-            await process.wait()
+            # SIGTERM first: the supervisor then stops the servers and processes it started; a SIGKILL
+            # alone would leave them running after a failed assertion.
+            process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), 60)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
 
 
 def test_rabbitmq_stopped_while_booting_leaves_no_process(tmp_path: Path) -> None:
