@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable
 from typing import Any
 
 import aio_pika
@@ -30,6 +29,7 @@ from core.db import open_mongo
 from core.errors import InvalidMessage
 from core.history_store import StatusChange
 from core.settings import Settings
+from core.status_events import settle
 
 logger = logging.getLogger(__name__)
 
@@ -44,14 +44,6 @@ LOG_EVERY_S = 10.0  # a flood of poison messages is summarised, not logged line 
 TAKE_WAIT_S = 0.5  # how often an idle worker looks at its stop flag
 CANCEL_TIMEOUT_S = 5.0
 STANDBY_RETRY_S = 2.0  # how often a standing-by aggregator tries to become the consumer
-
-
-async def settle(outcome: Awaitable[None]) -> None:
-    """Ack or nack; on a channel that has gone away RabbitMQ redelivers the message, which is harmless."""
-    try:
-        await outcome
-    except (aio_pika.exceptions.AMQPError, aiormq.exceptions.AMQPError, ConnectionError) as exc:
-        logger.info("could not settle a message (%s); it will be redelivered", exc)
 
 
 class Aggregator:

@@ -10,7 +10,6 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable
 from typing import Any
 
 import aio_pika
@@ -27,8 +26,9 @@ from core.amqp import declare_topology
 from core.errors import InvalidMessage, ServiceUnavailable
 from core.presence_store import PresenceStore, parse_profile
 from core.settings import Settings
+from core.status_events import decode_status_event, settle
 from feed.cold_cache import ColdCache
-from feed.events import StatusEvent, decode, ts_micros
+from feed.events import StatusEvent, ts_micros
 from feed.metrics import FeedMetrics
 from feed.stream import DUPLICATE, NO_COUNTER, SEQUENCED, STALE, FeedStream
 
@@ -52,14 +52,6 @@ SEQ_JUMP = 1_000_000
 LOG_EVERY_S = 10.0  # a flood of poison messages is summarised, not logged line by line
 TAKE_WAIT_S = 0.5  # how often an idle worker looks at its stop flag
 CANCEL_TIMEOUT_S = 5.0  # a stop while RabbitMQ is away must not hang on it
-
-
-async def settle(outcome: Awaitable[None]) -> None:
-    """Ack or nack; on a channel that has gone away RabbitMQ redelivers the message, which is harmless."""
-    try:
-        await outcome
-    except (aio_pika.exceptions.AMQPError, aiormq.exceptions.AMQPError, ConnectionError) as exc:
-        logger.info("could not settle a message (%s); it will be redelivered", exc)
 
 
 class FeedConsumer:
@@ -156,7 +148,7 @@ class FeedConsumer:
         events: list[StatusEvent] = []
         for message in batch:
             try:
-                event, status = decode(message.body)
+                event, status = decode_status_event(message.body)
             except InvalidMessage as exc:
                 await self._dead_letter(message, exc.reason, exc.detail)
                 continue
