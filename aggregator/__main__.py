@@ -1,30 +1,8 @@
 """`python -m aggregator`: run the history aggregator until SIGTERM/SIGINT, then drain and stop."""
 
-import asyncio
-import logging.config
-import signal
-
 from aggregator.worker import Aggregator
 from core.settings import Settings
-
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["stderr"], "level": "INFO"},
-    "loggers": {"aiormq": {"level": "WARNING"}, "aio_pika": {"level": "WARNING"}, "pymongo": {"level": "WARNING"}},
-}
-
-
-async def main() -> None:
-    aggregator = Aggregator(Settings())
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, aggregator.request_stop)
-    await aggregator.run()
-
+from core.worker_main import run_worker
 
 if __name__ == "__main__":
-    logging.config.dictConfig(LOGGING)
-    asyncio.run(main())
+    run_worker(lambda: Aggregator(Settings()))
