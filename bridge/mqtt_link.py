@@ -28,6 +28,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from bridge.inbox import Inbox
 from core.ids import HEARTBEAT_FILTER, PRESENCE_FILTER, STATUS_FILTER
 from core.settings import Settings
+from core.task_stop import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -120,9 +121,7 @@ class BrokerLink:
 
     async def stop(self) -> None:
         self._stopping = True
-        for task in [*self._tasks, *([self._reconnect] if self._reconnect else [])]:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait([*self._tasks, *([self._reconnect] if self._reconnect else [])])
         if self._client.socket() is not None:
             self._client.disconnect()
             deadline = time.monotonic() + 2.0

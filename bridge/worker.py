@@ -34,6 +34,7 @@ from core.settings import Settings
 from core.shards import shard_of
 from core.status import DerivedStatus
 from core.status_service import StatusService
+from core.task_stop import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +100,7 @@ class Bridge:
         self.dead_letters = DeadLetters(self.publisher, self.metrics)
         self.outbox = EventOutbox(self.store, self.publisher, self.metrics, PUBLISH_TIMEOUT_S)
         httpd = None
+        tasks: list[asyncio.Task[None]] = []
         if self.settings.bridge_metrics_port >= 0:
             httpd, _ = start_http_server(self.settings.bridge_metrics_port, "127.0.0.1", self.metrics.registry)
             self.metrics_port = httpd.server_port
@@ -119,10 +121,8 @@ class Bridge:
                 asyncio.create_task(self._flush_loop(), name="flush"),
             ]
             await self._main_loop()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
         finally:
+            await cancel_and_wait(tasks)  # also when the main loop failed: nothing runs on after close()
             await self.close(redis, mongo, httpd)
 
     async def close(self, redis: Redis, mongo: object, httpd: object) -> None:
@@ -324,7 +324,7 @@ class Bridge:
 
     async def _flush_loop(self) -> None:
         """Offer the events held in Redis to RabbitMQ again until it takes them all."""
-        while True:
+        while not self._stop.is_set():
             await asyncio.sleep(FLUSH_EVERY_S)
             if not self.outbox.backlog:
                 continue
@@ -343,6 +343,7 @@ class Bridge:
         deadline = time.monotonic() + (5 if wait else 0)
         while True:
             still: list[tuple[str, str, MQTTMessageInfo]] = []
+            acked: list[tuple[str, str, MQTTMessageInfo]] = []
             for rid, payload, info in self._retained_pending:
                 if info.rc != mqtt.MQTT_ERR_SUCCESS:
                     # Not connected when it was published: paho dropped it. Redis still has it queued.
@@ -352,12 +353,14 @@ class Bridge:
                     else:
                         still.append((rid, payload, info))
                 elif info.is_published():
-                    try:
-                        await self.store.clear_status_outbox(rid, payload)
-                    except OUTAGES:
-                        still.append((rid, payload, info))  # cleared on a later pass
+                    acked.append((rid, payload, info))
                 else:
                     still.append((rid, payload, info))
+            if acked:
+                try:
+                    await self.store.clear_status_outboxes([(rid, payload) for rid, payload, _ in acked])
+                except OUTAGES:
+                    still.extend(acked)  # cleared on a later pass
             self._retained_pending = still
             if not still or time.monotonic() >= deadline:
                 return
@@ -365,7 +368,7 @@ class Bridge:
 
     async def _sweep_loop(self) -> None:
         """Mark stale the devices whose last heartbeat is older than the window."""
-        while True:
+        while not self._stop.is_set():
             await asyncio.sleep(self.settings.sweep_interval_s)
             try:
                 await self._sweep_once()
@@ -398,7 +401,7 @@ class Bridge:
     async def _convergence_loop(self) -> None:
         """Say when every shard's retained presence has been read; read it again if Redis loses it."""
         started = self._started
-        while True:
+        while not self._stop.is_set():
             while any(link.reconciling for link in self.links):
                 await asyncio.sleep(0.1)
                 for link in self.links:
@@ -414,7 +417,7 @@ class Bridge:
             self.metrics.converged.set(1)
             self.converged.set()
             logger.info("converged on retained presence of %d shard(s) in %.2f s", len(self.links), elapsed)
-            while True:
+            while not self._stop.is_set():
                 await asyncio.sleep(REDIS_WATCH_S)
                 if any(link.reconciling for link in self.links):
                     break  # a link reconnected: it is reading the retained state again

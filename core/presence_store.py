@@ -111,6 +111,7 @@ class PresenceStore:
         self._stale = _load_script(redis, "mark_stale.lua")
         self._commit = _load_script(redis, "commit_status.lua")
         self._sweep_remove = _load_script(redis, "sweep_remove.lua")
+        self._clear_if_equal = _load_script(redis, "clear_if_equal.lua")
 
     def key(self, restaurant_id: str) -> str:
         return f"{self.prefix}r:{restaurant_id}"
@@ -270,13 +271,14 @@ class PresenceStore:
 
     async def clear_status_outbox(self, restaurant_id: str, published: str) -> None:
         """Forget the retained status only if no newer one was queued meanwhile."""
-        key = self.key(restaurant_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            await pipe.watch(key)
-            if await pipe.hget(key, STATUS_OUTBOX) == published:
-                pipe.multi()
-                pipe.hdel(key, STATUS_OUTBOX)
-                await pipe.execute()
+        await self.clear_status_outboxes([(restaurant_id, published)])
+
+    async def clear_status_outboxes(self, published: Sequence[tuple[str, str]]) -> None:
+        """`clear_status_outbox` for many restaurants: one compare-and-delete script each, pipelined."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for rid, payload in published:
+                await self._clear_if_equal(keys=[self.key(rid)], args=[STATUS_OUTBOX, payload], client=pipe)
+            await pipe.execute()
 
     async def restaurant_ids(self, batch: int = 1000) -> list[str]:
         start = len(self.prefix) + 2

@@ -17,7 +17,7 @@ from typing import TypeVar
 from core.amqp import EventPublisher
 from core.ids import status_topic
 from core.messages import Event
-from core.presence_store import STATUS_OUTBOX, PresenceStore, RestaurantSnapshot
+from core.presence_store import PresenceStore, RestaurantSnapshot
 from core.settings import Settings
 from core.shards import shard_of
 from core.status_service import Settled
@@ -34,14 +34,6 @@ CONFIRM_TIMEOUT_S = 30.0  # a confirm that never comes (connection half dead) is
 MAX_PENDING_RETAINED = 20_000  # unacknowledged retained statuses, all shards (paho's mids go to 65,535)
 CLEAR_BATCH = 1000  # acknowledged retained statuses cleared per Redis round trip
 
-# The single-key compare-and-delete behind `clear_status_outbox` (which needs WATCH/MULTI, a
-# connection and four round trips per restaurant): here as a script, so that a burst pipelines it.
-CLEAR_IF_EQUAL = """
-if redis.call("HGET", KEYS[1], ARGV[1]) == ARGV[2] then
-  return redis.call("HDEL", KEYS[1], ARGV[1])
-end
-return 0
-"""
 OUTBOX_TIME = slice(2, 15)  # `o:<13-digit ms>:<uuid>`: when the event was committed
 
 
@@ -59,7 +51,6 @@ class StatusPublisher:
         self._clearer: asyncio.Task[None] | None = None
         self._clearing = 0
         self._retry: Retry[None] | None = None
-        self._clear_if_equal = store.redis.register_script(CLEAR_IF_EQUAL)
 
     async def open(self, retry: Retry[None]) -> None:
         """Connect to RabbitMQ (retried while it is away) and start one MQTT link per broker shard."""
@@ -214,18 +205,11 @@ class StatusPublisher:
             self._clearing = len(batch)
             # Abandoned (stopping): the fields stay, and the next leader publishes the same statuses again.
             with contextlib.suppress(Abandoned):
-                await self._retry(partial(self._clear_statuses, batch), "clearing retained statuses")
+                await self._retry(partial(self.store.clear_status_outboxes, batch), "clearing retained statuses")
             self.metrics.retained_acked.inc(len(batch))
             for _ in batch:
                 self._slots.release()
             self._clearing = 0
-
-    async def _clear_statuses(self, batch: Sequence[tuple[str, str]]) -> None:
-        """`PresenceStore.clear_status_outbox` for many restaurants: one compare-and-delete script each, pipelined."""
-        async with self.store.redis.pipeline(transaction=False) as pipe:
-            for rid, payload in batch:
-                await self._clear_if_equal(keys=[self.store.key(rid)], args=[STATUS_OUTBOX, payload], client=pipe)
-            await pipe.execute()
 
 
 def _committed_ms(outbox_field: str) -> int:

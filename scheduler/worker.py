@@ -26,6 +26,7 @@ from core.db import open_mongo
 from core.presence_store import PresenceStore, from_ms, now_ms
 from core.settings import Settings
 from core.status_service import StatusService
+from core.task_stop import cancel_and_wait
 from scheduler.drain import Drainer
 from scheduler.leader import LeaderLock
 from scheduler.metrics import SchedulerMetrics
@@ -184,9 +185,7 @@ class Scheduler:
             self._aps, self._due_at = None, None
         # The drain and the rebuild finish the batch in hand (that is the drain on SIGTERM); the rest stays due.
         done, pending = await asyncio.wait(workers, timeout=STEP_DOWN_WAIT_S) if workers else (set(), set())
-        for task in [*pending, *helpers]:
-            task.cancel()
-        await asyncio.gather(*pending, *helpers, return_exceptions=True)
+        await cancel_and_wait([*pending, *helpers])
         for task in done:
             if not task.cancelled() and task.exception() is not None and not isinstance(task.exception(), Abandoned):
                 logger.error("%s task failed", task.get_name(), exc_info=task.exception())
