@@ -1,5 +1,6 @@
-"""Two ways a worker used to fail outside any outage: a compare-and-delete aborted by a heartbeat, and
-a background task that ignored its cancellation so the stop never finished."""
+"""Ways the workers used to go wrong outside any outage: a compare-and-delete aborted by a heartbeat, a
+background task that ignored its cancellation so the stop never finished, and a sweep that dropped a
+device heard exactly a window ago without flagging it."""
 
 import asyncio
 from collections.abc import AsyncIterator
@@ -7,7 +8,8 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from core.presence_store import STATUS_OUTBOX, PresenceStore
+from core.messages import DeviceState, Event, EventType
+from core.presence_store import STATUS_OUTBOX, PresenceStore, from_ms
 from core.settings import Settings
 from core.task_stop import cancel_and_wait
 
@@ -70,3 +72,28 @@ async def test_cancel_and_wait_ends_a_task_that_swallows_one_cancellation() -> N
     await asyncio.wait_for(cancel_and_wait(tasks), 10)
     assert swallowed.is_set()
     assert all(task.cancelled() for task in tasks)
+
+
+async def test_a_device_heard_exactly_a_window_ago_is_flagged_stale(store: PresenceStore) -> None:
+    # DESIGN §3: connected while now - last_seen < window. The sweep's range took last_seen == cutoff but
+    # mark_stale.lua called it fresh, and the device still left the index: never flagged, its next
+    # heartbeat committed no DISCONNECTED interval (a churn run's ranking came out seconds short).
+    born = 1_700_000_000_000
+
+    def offline(rid: str, did: str, at: int) -> Event:
+        return Event(type=EventType.DEVICE_OFFLINE, restaurant_id=rid, device_id=did, ts=from_ms(at))
+
+    for rid in ("edge", "fresh"):
+        online = Event(type=EventType.DEVICE_ONLINE, restaurant_id=rid, device_id="d", ts=from_ms(born))
+        await store.apply_presence([(rid, "d", 1, DeviceState.ONLINE, online)], at_ms=born)
+    await store.heartbeats([("fresh", "d", 1)], at_ms=born + 1)
+
+    cutoff = born  # the sweep one window after the birth
+    candidates = await store.stale_candidates(cutoff)
+    assert [(rid, did) for rid, did, _ in candidates] == [("edge", "d")]
+    results = await store.mark_stale([(rid, did, score, offline(rid, did, cutoff)) for rid, did, score in candidates],
+                                     cutoff)  # fmt: skip
+    assert [r.code for r in results] == [2]
+    assert str(await store.redis.hget(store.key("edge"), "d:d")).endswith("|1")  # epoch|state|changed|stale
+    assert await store.redis.zscore(store.heartbeat_index, "edge/d") is None
+    assert await store.redis.zscore(store.heartbeat_index, "fresh/d") == born + 1

@@ -1,4 +1,7 @@
--- Mark a device stale when its last heartbeat is older than the window (DESIGN.md §3).
+-- Mark a device stale when its last heartbeat is a window or more old (DESIGN.md §3: connected while
+-- now - last_seen < window), so last_seen == cutoff is stale, as the sweep's inclusive range and
+-- heartbeat_batch.lua have it. (It once said not stale there while the sweep still dropped the device
+-- from the index: the device was never flagged and its DISCONNECTED interval went missing.)
 -- KEYS[1] restaurant hash
 -- ARGV: device_id, cutoff_ms, now_ms, outbox_field, offline_event_json
 -- Returns {code, version}: 0 not stale (fresh, offline or already stale), 2 marked stale.
@@ -10,7 +13,7 @@ if not current then
 end
 local c_epoch, c_state, _, c_stale = string.match(current, "^(%d+)|(%a+)|(%d+)|(%d)$")
 local last_seen = tonumber(redis.call("HGET", key, "l:" .. did) or "0")
-if c_state ~= "online" or c_stale == "1" or last_seen >= cutoff then
+if c_state ~= "online" or c_stale == "1" or last_seen > cutoff then
   return {0, 0}
 end
 redis.call("HSET", key, "d:" .. did, c_epoch .. "|online|" .. ARGV[3] .. "|1")
