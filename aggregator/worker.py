@@ -24,7 +24,7 @@ from pymongo import AsyncMongoClient
 from aggregator.events import decode
 from aggregator.history_writer import HistoryWriter, ProfileCache
 from aggregator.metrics import AggregatorMetrics
-from core.amqp import declare_topology
+from core.amqp import connect_robust, declare_topology
 from core.db import open_mongo
 from core.errors import InvalidMessage
 from core.history_store import StatusChange
@@ -74,7 +74,7 @@ class Aggregator:
                 )
                 self.metrics_port = self._httpd.server_port
             self._mongo = await self._retry("MongoDB", lambda: open_mongo(self.settings))
-            self._connection = await self._retry("RabbitMQ", lambda: aio_pika.connect_robust(self.settings.amqp_url))
+            self._connection = await self._retry("RabbitMQ", lambda: connect_robust(self.settings))
             if self._connection is not None:
                 await self._consume(self._connection)
         finally:

@@ -5,12 +5,11 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import timedelta
 
-import aio_pika
 from fastapi import FastAPI
 from redis.asyncio import Redis
 
 from api.dashboard_hub import DashboardHub
-from core.amqp import EventPublisher
+from core.amqp import EventPublisher, connect_robust
 from core.clock_queue import ClockQueue
 from core.db import open_mongo
 from core.presence_store import PresenceStore
@@ -34,7 +33,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stack.push_async_callback(mongo.close)
 
         # /readyz watches this connection; the events themselves go through `events` below.
-        amqp = await aio_pika.connect_robust(settings.amqp_url)
+        amqp = await connect_robust(settings)
         stack.push_async_callback(amqp.close)
 
         # UNAVAILABILITY_CREATED / _CANCELLED, published with confirms on a channel of its own.

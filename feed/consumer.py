@@ -22,7 +22,7 @@ from prometheus_client import start_http_server
 from pymongo import AsyncMongoClient
 from redis.asyncio import Redis
 
-from core.amqp import declare_topology
+from core.amqp import connect_robust, declare_topology
 from core.errors import InvalidMessage, ServiceUnavailable
 from core.presence_store import PresenceStore, parse_profile
 from core.settings import Settings
@@ -102,7 +102,7 @@ class FeedConsumer:
         delay = 0.5
         while not self._stop.is_set():
             try:
-                return await aio_pika.connect_robust(self.settings.amqp_url)
+                return await connect_robust(self.settings)
             except OUTAGES as exc:
                 logger.warning("RabbitMQ not reachable (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
