@@ -41,6 +41,11 @@ class SchedulerMetrics:
         self.outbox_republished = Counter(
             "scheduler_outbox_republished_total", "Events republished from an outbox left behind", registry=r
         )
+        self.held_restaurants = Gauge(
+            "scheduler_held_restaurants",
+            "Restaurants whose STATUS_CHANGED wait in their Redis outbox for RabbitMQ to come back",
+            registry=r,
+        )
         self.rebuilds = Counter("scheduler_rebuilds_total", "Rebuilds from MongoDB completed", registry=r)
         self.rebuild_seconds = Gauge("scheduler_rebuild_seconds", "Duration of the last rebuild", registry=r)
         self.profiles_written = Counter(

@@ -4,6 +4,13 @@ Both are committed first to the restaurant's Redis hash by `StatusService.settle
 each outbox field is cleared only once its copy is confirmed: the event by RabbitMQ's publisher
 confirm, the retained status by the broker's PUBACK. What a crashed scheduler leaves behind is
 republished by the next leader (`republish`).
+
+While RabbitMQ is away the scheduler does not wait for it: the events of a batch it could not publish
+stay in their outboxes, their restaurants are held, and the drain goes on committing the boundaries
+that fall due meanwhile (with their right `since`); the devices still get the retained status at once.
+A held restaurant's newer events wait behind its older ones, and `flush_held` publishes them in commit
+order once RabbitMQ answers. Waiting instead (as it once did) left every later boundary uncommitted
+until RabbitMQ came back, and a heartbeat settled in that gap took the boundary's place in the history.
 """
 
 import asyncio
@@ -14,13 +21,16 @@ from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import TypeVar
 
+import aio_pika.exceptions
+
 from core.amqp import EventPublisher
 from core.ids import status_topic
-from core.messages import Event
+from core.messages import Event, EventType
 from core.presence_store import PresenceStore, RestaurantSnapshot
 from core.settings import Settings
 from core.shards import shard_of
 from core.status_service import Settled
+from core.task_stop import cancel_and_wait
 from scheduler.metrics import SchedulerMetrics
 from scheduler.retained_link import RetainedLink
 from scheduler.retry import OUTAGES, Abandoned
@@ -33,7 +43,11 @@ Retry = Callable[[Callable[[], Awaitable[T]], str], Awaitable[T]]
 CONFIRM_TIMEOUT_S = 30.0  # a confirm that never comes (connection half dead) is retried; consumers dedupe
 MAX_PENDING_RETAINED = 20_000  # unacknowledged retained statuses, all shards (paho's mids go to 65,535)
 CLEAR_BATCH = 1000  # acknowledged retained statuses cleared per Redis round trip
+FLUSH_EVERY_S = 0.5  # held restaurants offered to RabbitMQ again
 
+# A publish that failed because RabbitMQ is away or the robust channel is being reopened (aio-pika's
+# own list: it raises RuntimeError on a closed connection) is an outage, not a refusal.
+PUBLISH_OUTAGES = (*OUTAGES, *aio_pika.exceptions.CONNECTION_EXCEPTIONS)
 OUTBOX_TIME = slice(2, 15)  # `o:<13-digit ms>:<uuid>`: when the event was committed
 
 
@@ -51,6 +65,8 @@ class StatusPublisher:
         self._clearer: asyncio.Task[None] | None = None
         self._clearing = 0
         self._retry: Retry[None] | None = None
+        self.held: set[str] = set()  # restaurants whose events wait in their outbox for RabbitMQ
+        self._flusher: asyncio.Task[None] | None = None
 
     async def open(self, retry: Retry[None]) -> None:
         """Connect to RabbitMQ (retried while it is away) and start one MQTT link per broker shard."""
@@ -63,6 +79,7 @@ class StatusPublisher:
         for link in self.links:
             link.start()
         self._clearer = asyncio.create_task(self._clear_acked(), name="retained-clearer")
+        self._flusher = asyncio.create_task(self._flush_loop(), name="held-flusher")
 
     async def close(self, wait_s: float = 5.0) -> None:
         """Give the brokers a moment to acknowledge what is queued; the rest stays in Redis for the next leader."""
@@ -72,9 +89,9 @@ class StatusPublisher:
         if self._pending:
             logger.warning("%d retained statuses unacknowledged at stop; the next leader republishes them",
                            len(self._pending))  # fmt: skip
-        if self._clearer is not None:
-            self._clearer.cancel()
-            await asyncio.gather(self._clearer, return_exceptions=True)
+        await cancel_and_wait([task for task in (self._clearer, self._flusher) if task is not None])
+        if self.held:
+            logger.warning("%d restaurants' events left in Redis for the next leader", len(self.held))
         for link in reversed(self.links):
             await link.stop()
         await self.events.close()
@@ -90,20 +107,62 @@ class StatusPublisher:
         """A batch's STATUS_CHANGED all in flight at once, then `complete` for those RabbitMQ confirmed.
 
         The confirms are awaited together, under one deadline, not one publish after the other. Those
-        lost to an outage are published again, with backoff, until confirmed; one refused for another
-        reason stays in the outbox for the periodic sweep.
-        Abandoned (no longer acting): what was confirmed is still completed, the rest stays in the
-        outbox for the next leader.
+        lost to an outage stay in their outboxes and their restaurants are held (see the module's
+        docstring), as are the new events of restaurants already held; one refused for another reason
+        stays in the outbox for the periodic sweep. Abandoned (no longer acting): what was confirmed is
+        still completed, the rest stays in the outbox for the next leader.
         """
-        pending = list(settled)
+        pending = [item for item in settled if item[0] not in self.held]
+        waiting = [item for item in settled if item[0] in self.held]
         confirmed: list[tuple[str, Settled]] = []
-        try:
-            while pending:
-                await retry(partial(self._publish_round, pending, confirmed), f"{len(pending)} STATUS_CHANGED")
-        except Abandoned:
-            await self.complete(confirmed, retry)
-            raise
+        if pending:
+            try:
+                await self._publish_round(pending, confirmed)
+            except PUBLISH_OUTAGES as exc:
+                if not self.held:
+                    logger.warning("RabbitMQ is away (%s: %s); STATUS_CHANGED wait in Redis", type(exc).__name__, exc)
+                waiting += pending  # what the round left in `pending`: not confirmed
+                self.held.update(rid for rid, _ in pending)
+                self.metrics.held_restaurants.set(len(self.held))
         await self.complete(confirmed, retry)
+        for rid, s in waiting:  # the devices need not wait for RabbitMQ
+            await self.publish_retained(rid, s.status_json)
+
+    async def flush_held(self) -> int:
+        """Publish the held restaurants' outboxes, oldest field first; stops at the first failure (to be
+        called again). Returns the events published."""
+        published = 0
+        for rid in sorted(self.held):
+            while True:
+                snap = await self.store.snapshot(rid)
+                if not snap.outbox:
+                    # No await between this read and the discard: a newer settle publishes by itself.
+                    self.held.discard(rid)
+                    break
+                names = sorted(snap.outbox)  # fields start with their commit time
+                try:
+                    for name in names:
+                        event = Event.model_validate_json(snap.outbox[name])
+                        await self.publish_event(event)
+                        published += 1
+                        if event.type is EventType.STATUS_CHANGED:
+                            self.metrics.status_changes.inc()
+                except PUBLISH_OUTAGES:
+                    self.metrics.held_restaurants.set(len(self.held))
+                    return published
+                await self.store.clear_outbox(rid, names)
+        self.metrics.held_restaurants.set(len(self.held))
+        logger.info("RabbitMQ answers again: published %d events held in Redis", published)
+        return published
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_EVERY_S)
+            if self.held:
+                try:
+                    await self.flush_held()
+                except OUTAGES as exc:  # Redis away: the next round tries again
+                    logger.info("could not flush held events (%s)", exc)
 
     async def _publish_round(self, pending: list[tuple[str, Settled]], confirmed: list[tuple[str, Settled]]) -> None:
         """Publish every pending event; move the confirmed ones out of `pending`, raise if an outage hit any."""
@@ -127,7 +186,7 @@ class StatusPublisher:
                 error = task.exception()
             if error is None:
                 confirmed.append(item)
-            elif isinstance(error, OUTAGES):
+            elif isinstance(error, PUBLISH_OUTAGES):
                 again.append(item)
                 outage = outage or error
             else:

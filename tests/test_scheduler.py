@@ -35,6 +35,7 @@ from scheduler.leader import LeaderLock
 from scheduler.worker import Scheduler
 from tests.devices import ALWAYS_OPEN, EventTap, make_restaurant, settle_time
 from tests.helpers import wait_until
+from tests.tcp_cut import CuttableRelay
 
 FAST = {
     "scheduler_leader_ttl_s": 2.0,
@@ -182,6 +183,47 @@ async def test_unavailability_boundaries_give_one_status_change_each(
         await wait_until(lambda: late.received, 10, message="no retained status")
         retained, status = late.received[0]
         assert retained and status["reason"] == "DISCONNECTED" and parse(status["since"]) == end
+
+
+async def test_boundaries_are_committed_on_time_while_rabbitmq_is_away(env: dict[str, Any], stack: Any) -> None:
+    # The scheduler used to wait for RabbitMQ with the drain: every boundary due meanwhile stayed
+    # uncommitted until it came back, and a heartbeat settled in that gap took the boundary's place.
+    amqp = urlsplit(env["settings"].amqp_url)
+    relay = CuttableRelay(amqp.hostname or "127.0.0.1", amqp.port or 5672)
+    await relay.open()
+    settings = env["settings"].model_copy(
+        update={"amqp_url": env["settings"].amqp_url.replace(f":{amqp.port}/", f":{relay.port}/")}
+    )
+    rid = unique("s-away")
+    await make_restaurant(settings, stack, rid)
+    try:
+        with StatusWatcher(stack.mosquitto_url, settings, rid) as watcher:
+            async with running(settings) as scheduler:
+                await env["tap"].wait_for(rid, "STATUS_CHANGED")
+                await relay.cut()
+                start = whole_ms(utc_now() + timedelta(seconds=1.5))
+                end = start + timedelta(seconds=1.5)
+                await add_unavailability(env, rid, start, end)
+
+                async def committed_end() -> bool:
+                    last = (await env["store"].snapshot(rid)).last_status
+                    return last is not None and last.reason is not None and last.since == end
+
+                await wait_until(committed_end, 10, message="end boundary not committed while RabbitMQ was away")
+                assert scheduler.publisher.held == {rid}
+                await wait_until(lambda: (s := watcher.last()) is not None and parse(s["since"]) == end, 10,
+                                 message="the devices did not get the status while RabbitMQ was away")  # fmt: skip
+                assert len(env["tap"].of(rid, "STATUS_CHANGED", settings.dashboard_queue)) == 1
+                await relay.open()
+                changed = await env["tap"].wait_for(rid, "STATUS_CHANGED", 3, timeout=30)
+                assert reasons(changed) == ["DISCONNECTED", "UNAVAILABLE", "DISCONNECTED"]
+                assert since(changed[1]) == start and since(changed[2]) == end
+                await wait_until(lambda: not scheduler.publisher.held, 10, message="still held")
+                await wait_until(lambda: outbox_empty(env["store"], rid), 10, message="outbox never cleared")
+                await settle_time(0.5)
+                assert_once_on_both_queues(env, rid, ["DISCONNECTED", "UNAVAILABLE", "DISCONNECTED"])
+    finally:
+        await relay.close()
 
 
 async def test_boundary_missed_while_stopped_is_announced_once_after_restart(env: dict[str, Any], stack: Any) -> None:
