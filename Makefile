@@ -18,8 +18,8 @@ lint: install
 test: lint
 	$(PYTHON) -m pytest
 
-# The platform under churn against the ground truth, alone and with one fault each (kill -9 of the
-# bridge, Redis emptied, RabbitMQ, FerretDB, broker restarted): ~7 min.
+# Only the churn runs of `make test`: the platform against the ground truth, alone and with one fault
+# each (kill -9 of the bridge, Redis emptied, RabbitMQ, FerretDB, broker restarted): ~6 min.
 test-churn: lint
 	$(PYTHON) -m pytest -m churn tests/test_churn_truth.py tests/test_faults.py
 

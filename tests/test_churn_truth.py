@@ -9,8 +9,6 @@ import pytest
 
 from bench.churn import ChurnConfig, churn
 
-# `make test-churn`: now and then one restaurant's ranking comes out 1-7 s short of the truth (seen in
-# 3 runs of 4 on 2026-11-26, cause not found; statuses and transitions were right every time).
 pytestmark = [pytest.mark.slow, pytest.mark.churn]
 
 REDUCED = ChurnConfig(restaurants=200, closed=5, boundary=5, duration_s=50.0, checkpoint_every_s=10.0)
