@@ -11,7 +11,7 @@ from bench.churn import ChurnConfig, churn
 
 pytestmark = [pytest.mark.slow, pytest.mark.churn]
 
-REDUCED = ChurnConfig(restaurants=200, closed=5, boundary=5, duration_s=50.0, checkpoint_every_s=10.0)
+REDUCED = ChurnConfig(restaurants=200, closed=5, boundary=5, duration_s=40.0, checkpoint_every_s=8.0)
 
 
 def test_status_ranking_and_history_match_the_ground_truth() -> None:
