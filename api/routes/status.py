@@ -3,7 +3,7 @@
 from collections.abc import Iterable
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, HTTPException, Query, Response, status
 from fastapi.exceptions import RequestValidationError
 
 from api.deps import AUTH_ERRORS, CurrentPrincipal, MetricsDep, SettingsDep, StatusServiceDep, ensure_can_read
@@ -41,7 +41,7 @@ def checked_ids(raw: Iterable[str], loc: tuple[str, ...], limit: int) -> list[st
     return ids
 
 
-async def _batch(ids: list[str], principal: Principal, service: StatusService, metrics: ApiMetrics) -> StatusBatch:
+async def _batch(ids: list[str], principal: Principal, service: StatusService, metrics: ApiMetrics) -> Response:
     ensure_can_read(principal, ids)
     metrics.status_ids.observe(len(ids))
     at = utc_now()  # one instant for the whole batch
@@ -53,31 +53,33 @@ async def _batch(ids: list[str], principal: Principal, service: StatusService, m
         found, missing = await service.current(ids[start : start + CHUNK], now=at)
         statuses.extend(found)
         unknown.extend(missing)
-    return StatusBatch(statuses=statuses, unknown=unknown)
+    # Serialised by pydantic-core in one call: FastAPI's own path (to plain Python, then json.dumps) cost
+    # 18 ms of the ~100 ms a batch of 1,000 took. The schema is still StatusBatch's (response_model).
+    return Response(StatusBatch(statuses=statuses, unknown=unknown).model_dump_json(), media_type="application/json")
 
 
-@router.get("/status", responses=AUTH_ERRORS)
+@router.get("/status", response_model=StatusBatch, responses=AUTH_ERRORS)
 async def statuses_by_query(
     principal: CurrentPrincipal,
     service: StatusServiceDep,
     settings: SettingsDep,
     metrics: MetricsDep,
     ids: Annotated[str, Query(description="comma-separated restaurant ids", examples=["demo-0001,demo-0002"])],
-) -> StatusBatch:
+) -> Response:
     """Statuses of a short list of restaurants; unknown ids are listed in `unknown`."""
     parts = (part.strip() for part in ids.split(","))
     wanted = checked_ids((part for part in parts if part), ("query", "ids"), settings.max_status_ids)
     return await _batch(wanted, principal, service, metrics)
 
 
-@router.post("/status/query", responses=AUTH_ERRORS)
+@router.post("/status/query", response_model=StatusBatch, responses=AUTH_ERRORS)
 async def statuses_by_body(
     principal: CurrentPrincipal,
     service: StatusServiceDep,
     settings: SettingsDep,
     metrics: MetricsDep,
     query: StatusQuery,
-) -> StatusBatch:
+) -> Response:
     """Statuses of up to `max_status_ids` restaurants at once; unknown ids are listed in `unknown`."""
     wanted = checked_ids(query.ids, ("body", "ids"), settings.max_status_ids)
     return await _batch(wanted, principal, service, metrics)
