@@ -6,6 +6,7 @@ burst   the 10:00 opening: N restaurants open at once; time until every status, 
 ranking the offline ranking over N restaurants × 30 days of history: top 100 and full CSV (goals ≤ 1 s, ≤ 5 s)
 churn   the whole platform under client_sim's churn against its ground truth (not part of `all`; bench/churn.py)
 scale   100,000 sessions over Mosquitto shards: storm, steady load, crash detection, batch status (not in `all`)
+status  batch status of 1,000 ids from 20 concurrent clients, on its own (goal p99 ≤ 20 ms)
 """
 
 import argparse
@@ -18,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
+from bench.batch_status import batch_status_benchmark, batch_status_rows
 from bench.birth_latency import birth_benchmark
 from bench.churn import FAULTS, ChurnConfig, Fault, churn
 from bench.harness import Machine
@@ -32,8 +34,10 @@ from stack.process import REPO_ROOT
 
 GOAL_HEARTBEATS_PER_S = 25_000.0
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-FULL = {"devices": 6000, "duration": 30.0, "births": 300, "drain": 120.0, "restaurants": 100_000, "ranked": 100_000}
-QUICK = {"devices": 2000, "duration": 10.0, "births": 100, "drain": 30.0, "restaurants": 5000, "ranked": 10_000}
+FULL = {"devices": 6000, "duration": 30.0, "births": 300, "drain": 120.0, "restaurants": 100_000, "ranked": 100_000,
+        "status_restaurants": 20_000}
+QUICK = {"devices": 2000, "duration": 10.0, "births": 100, "drain": 30.0, "restaurants": 5000, "ranked": 10_000,
+         "status_restaurants": 5000}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -41,7 +45,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "which", nargs="?", choices=["all", "ingest", "birth", "burst", "ranking", "churn", "scale"], default="all"
+        "which",
+        nargs="?",
+        choices=["all", "ingest", "birth", "burst", "ranking", "churn", "scale", "status"],
+        default="all",
     )
     parser.add_argument("--quick", action="store_true", help="reduced sizes: all of it in under two minutes")
     parser.add_argument("--devices", type=int, help="ingest: devices (= restaurants), one connection each")
@@ -137,6 +144,12 @@ def main(argv: list[str] | None = None) -> int:
         ranking = ranking_benchmark(ranked, keep=args.keep)
         rows += ranking_rows(ranking)
         raw["ranking"] = dataclasses.asdict(ranking)
+    if args.which in ("all", "status"):
+        known = args.restaurants or int(sizes["status_restaurants"])
+        print(f"bench: batch status over {known:,} restaurants", file=sys.stderr)
+        status = batch_status_benchmark(known, keep=args.keep)
+        rows += batch_status_rows(status)
+        raw["status"] = dataclasses.asdict(status)
     if args.which == "churn":
         churn_config = (
             ChurnConfig(restaurants=500, duration_s=90.0, checkpoint_every_s=15.0) if args.quick else ChurnConfig.full()

@@ -1,0 +1,109 @@
+"""Batch status on its own: `POST /restaurants/status/query` with 1,000 ids from 20 concurrent clients.
+
+N restaurants are provisioned (always open); half get an online device whose facts are written straight
+to Redis, as the bridge would, and a tenth a scheduled unavailability in their profile, so the API
+derives every kind of status. Then, against an API process: the baseline (the same 1,000 ids asked with
+single GETs), one client alone, and the clients at once (closed loop: each sends its next request when
+the last one is answered). The scale benchmark runs the same load beside 100,000 live sessions.
+"""
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+
+from redis.asyncio import Redis
+
+from api.security import Principal, create_access_token
+from bench.birth_latency import percentile
+from bench.harness import api_process, cpu_seconds, private_servers, provision, restaurant_ids
+from bench.report import Row
+from bench.scale_status import BatchLoad, batch_load
+from core.documents import Role
+from core.messages import DeviceState, Event, EventType, utc_now
+from core.presence_store import PresenceStore, now_ms
+from core.settings import Settings
+from core.status import Unavailability, UnavailabilityReason
+from core.status_codec import profile_json
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class BatchStatusResult:
+    restaurants: int
+    load: BatchLoad
+    api_cpu_s: float = 0.0
+    wall_s: float = 0.0
+
+
+async def _facts(settings: Settings, ids: list[str]) -> None:
+    """Half the restaurants online (a device born and heard now), a tenth with an unavailability later today."""
+    redis = Redis.from_url(settings.redis_url, decode_responses=True)
+    store = PresenceStore(redis, settings.redis_prefix)
+    try:
+        snaps = await store.snapshots(ids)
+        at = now_ms()
+        births = [(rid, "tablet", 1, DeviceState.ONLINE,
+                   Event(type=EventType.DEVICE_ONLINE, restaurant_id=rid, device_id="tablet", data={"epoch": 1}))
+                  for rid in ids[::2]]  # fmt: skip
+        for start in range(0, len(births), 1000):
+            await store.apply_presence(births[start : start + 1000], at_ms=at)
+        later = utc_now() + timedelta(hours=2)
+        holiday = Unavailability(reason=UnavailabilityReason.HOLIDAY, start=later, end=later + timedelta(hours=1))
+        profiles = {
+            snap.restaurant_id: profile_json(snap.group or "", snap.rules.timezone, snap.rules.hours, [holiday])
+            for snap in snaps[::10]
+            if snap.rules is not None
+        }
+        await store.set_profiles(profiles)
+    finally:
+        await redis.aclose()
+
+
+def batch_status_benchmark(
+    restaurants: int, clients: int = 20, ids_per_request: int = 1000, requests: int = 25, keep: bool = False
+) -> BatchStatusResult:
+    result = BatchStatusResult(restaurants, BatchLoad(clients, ids_per_request))
+    with private_servers("batch-status", keep) as servers:
+        ids = restaurant_ids(restaurants)
+        provision(servers, ids)
+        settings = servers.settings("api")
+        asyncio.run(_facts(settings, ids))
+        api = api_process(settings, servers.root)
+        api.start()
+        try:
+            api.wait_ready(60)
+            token = create_access_token(settings, Principal(subject="batch-bench", role=Role.SALES))
+            assert api.pid is not None
+            cpu_before = cpu_seconds(api.pid)
+            started = time.monotonic()
+            batch_load(settings.api_port, token, ids, result.load, requests, rounds=3)
+            result.api_cpu_s = cpu_seconds(api.pid) - cpu_before
+            result.wall_s = time.monotonic() - started
+        finally:
+            api.stop()
+    return result
+
+
+def _dist(values: list[float]) -> str:
+    if not values:
+        return "no samples"
+    return f"p50 {percentile(values, 50):.1f} / p99 {percentile(values, 99):.1f} / max {max(values):.1f} ms"
+
+
+def batch_status_rows(r: BatchStatusResult) -> list[Row]:
+    b = r.load
+    rate = len(b.latencies_ms) * b.ids_per_request / max(b.seconds, 1e-9)
+    met = bool(b.latencies_ms) and percentile(b.latencies_ms, 99) <= 20
+    return [
+        Row("status", f"batch of {b.ids_per_request:,} ids, {b.clients} concurrent clients ({r.restaurants:,} known)",
+            _dist(b.latencies_ms), "goal p99 ≤ 20 ms",
+            ("goal met" if met else "GOAL MISSED") + f" ({b.wrong_answers} wrong, {len(b.errors)} errors)"),
+        Row("status", "  statuses served, API CPU", f"{rate:,.0f} ids/s",
+            f"API {r.api_cpu_s / max(r.wall_s, 1e-9):.2f} cores ({r.api_cpu_s:.1f} s CPU in {r.wall_s:.1f} s)"),
+        Row("status", "  one client alone", _dist(b.one_client_ms), "same request, nobody else asking"),
+        Row("status", f"  baseline: {b.ids_per_request:,} single GETs", _dist(b.single_get_ms),
+            "one keep-alive client"),
+    ]  # fmt: skip
