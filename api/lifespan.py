@@ -1,5 +1,6 @@
 """The app's resources: opened in order at start-up, closed in reverse at shutdown, kept on `app.state`."""
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -56,5 +57,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.dashboard_hub = DashboardHub(redis, settings)
         stack.push_async_callback(app.state.dashboard_hub.close)
         logger.info("api ready: redis prefix %r, mongo db %r", settings.redis_prefix, settings.mongo_db)
+        # Everything loaded so far (modules, schemas, clients) lives as long as the process: out of the
+        # collector's way, so a full collection does not scan it again in the middle of a status batch.
+        gc.freeze()
         yield
         logger.info("api shutting down")
