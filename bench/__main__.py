@@ -147,9 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.which in ("all", "status"):
         known = args.restaurants or int(sizes["status_restaurants"])
         print(f"bench: batch status over {known:,} restaurants", file=sys.stderr)
-        status = batch_status_benchmark(known, keep=args.keep)
-        rows += batch_status_rows(status)
-        raw["status"] = dataclasses.asdict(status)
+        for workers in (1, 2):  # one API process, then two (uvicorn --workers) on the 2 cores
+            status = batch_status_benchmark(known, api_workers=workers, keep=args.keep)
+            rows += batch_status_rows(status)
+            raw[f"status_{workers}"] = dataclasses.asdict(status)
     if args.which == "churn":
         churn_config = (
             ChurnConfig(restaurants=500, duration_s=90.0, checkpoint_every_s=15.0) if args.quick else ChurnConfig.full()

@@ -26,7 +26,7 @@ from core.secrets import hash_secret
 from core.settings import Settings
 from stack.backends import BackendPorts, Backends
 from stack.platform import ApiService, PythonService
-from stack.process import LOOPBACK, free_port, free_ports
+from stack.process import LOOPBACK, child_processes, free_port, free_ports
 from stack.services import Mosquitto, default_ferretdb_bin
 
 logger = logging.getLogger(__name__)
@@ -144,10 +144,16 @@ async def _provision(settings: Settings, ids: Sequence[str], sales: tuple[str, s
     return {item["restaurant_id"]: item["secret"] for item in made}
 
 
-def provision(servers: PrivateServers, ids: Sequence[str], sales: tuple[str, str] | None = None) -> dict[str, str]:
-    """Restaurants (always open) in MongoDB and the password file, optionally a sales login; id → secret."""
+def provision(
+    servers: PrivateServers, ids: Sequence[str], sales: tuple[str, str] | None = None, settings: Settings | None = None
+) -> dict[str, str]:
+    """Restaurants (always open) in MongoDB and the password file, optionally a sales login; id → secret.
+
+    Their profiles go to the Redis prefix of `settings` (default: one of their own, so the platform
+    under test loads them from MongoDB on first use, as after a Redis loss).
+    """
     started = time.monotonic()
-    secrets_by_id = asyncio.run(_provision(servers.settings("provision"), ids, sales))
+    secrets_by_id = asyncio.run(_provision(settings or servers.settings("provision"), ids, sales))
     servers.backends.reload_brokers()
     for broker in servers.extra:
         broker.reload()
@@ -161,9 +167,11 @@ def bridge_process(settings: Settings, root: Path, name: str, module: str, args:
     return PythonService(name, root, settings.bridge_metrics_port, args, settings)
 
 
-def api_process(settings: Settings, root: Path) -> ApiService:
+def api_process(settings: Settings, root: Path, workers: int = 1) -> ApiService:
     args = ["-m", "uvicorn", "--factory", "api.main:create_app", "--host", LOOPBACK, "--port", str(settings.api_port),
             "--log-level", "warning", "--no-access-log"]  # fmt: skip
+    if workers > 1:
+        args += ["--workers", str(workers)]  # uvicorn's supervisor forks them; they share the port
     return ApiService("api", root, settings.api_port, args, settings)
 
 
@@ -191,6 +199,11 @@ def cpu_seconds(pid: int, task: int | None = None) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and its live children (uvicorn's workers, say)."""
+    return cpu_seconds(pid) + sum(cpu_seconds(child.pid) for child in child_processes(pid))
 
 
 def thread_cpu(pid: int) -> dict[int, float]:
