@@ -51,7 +51,8 @@ OUTAGES = (
     TimeoutError,
 )
 
-SETTLE_CONCURRENCY = 50
+PUBLISH_CONCURRENCY = 500  # restaurants whose events are in flight to RabbitMQ at once
+SETTLE_BATCH = 1000  # restaurants settled per pipelined read and commit
 REDIS_CONNECTIONS = 64
 QUIET_AFTER_RETAINED_S = 1.0  # no retained message for this long after SUBACK: the shard is read
 REDIS_WATCH_S = 1.0  # how often the marker key is checked for a Redis that lost its state
@@ -291,36 +292,46 @@ class Bridge:
         await self._after_transitions(outcome.transitions)
 
     async def _after_transitions(self, results: Sequence[tuple[str, ScriptResult]]) -> None:
-        """Publish each restaurant's device events in order, then settle its status once."""
-        per_restaurant: dict[str, list[ScriptResult]] = defaultdict(list)
+        """Publish each restaurant's device events in order, then settle the batch's restaurants together."""
+        per_restaurant: dict[str, list[tuple[str, Event]]] = defaultdict(list)
         for rid, res in results:
             if res.code == 2:
-                per_restaurant[rid].append(res)
+                assert res.event is not None and res.outbox_field is not None
+                per_restaurant[rid].append((res.outbox_field, res.event))
+                self.metrics.device_transitions.labels(res.event.type.value).inc()
         if not per_restaurant:
             return
-        gate = asyncio.Semaphore(SETTLE_CONCURRENCY)
+        await self._publish_each(per_restaurant)
+        await self._settle(list(per_restaurant))
 
-        async def one(rid: str, transitions: list[ScriptResult]) -> None:
+    async def _publish_each(self, per_restaurant: dict[str, list[tuple[str, Event]]]) -> None:
+        """Each restaurant's events in order; the restaurants at once, so their confirms overlap."""
+        gate = asyncio.Semaphore(PUBLISH_CONCURRENCY)
+
+        async def one(rid: str, items: list[tuple[str, Event]]) -> None:
             async with gate:
-                items = []
-                for res in transitions:
-                    assert res.event is not None and res.outbox_field is not None
-                    items.append((res.outbox_field, res.event))
-                    self.metrics.device_transitions.labels(res.event.type.value).inc()
                 await self.outbox.publish(rid, items)
-                await self._settle(rid)
 
-        await asyncio.gather(*(one(rid, tr) for rid, tr in per_restaurant.items()))
+        await asyncio.gather(*(one(rid, items) for rid, items in per_restaurant.items()))
 
-    async def _settle(self, restaurant_id: str) -> None:
+    async def _settle(self, restaurant_ids: Sequence[str]) -> None:
+        """Settle restaurants as one batch (one pipelined read, one of commits; `StatusService.settle_batch`).
+
+        Births once settled one restaurant at a time, each waiting for its own confirms: 200-300 births
+        per second, too slow for a storm of 100,000 connections in a minute.
+        """
         if self._defer_settles:
             return  # _settle_all settles every restaurant when the reconciliation ends
-        settled = await self.status.settle(restaurant_id)
-        if settled is None:
-            return
-        self.metrics.status_changes.inc()
-        await self.outbox.publish(restaurant_id, [(settled.outbox_field, settled.event)])
-        self._publish_retained(restaurant_id, settled.status_json)  # devices hear it even while RabbitMQ is away
+        for start in range(0, len(restaurant_ids), SETTLE_BATCH):
+            batch = await self.status.settle_batch(restaurant_ids[start : start + SETTLE_BATCH])
+            for rid, exc in batch.failed.items():
+                if isinstance(exc, OUTAGES):
+                    raise exc  # the whole batch is retried: settling is idempotent
+                logger.error("settling %s failed", rid, exc_info=exc)
+            self.metrics.status_changes.inc(len(batch.settled))
+            await self._publish_each({rid: [(s.outbox_field, s.event)] for rid, s in batch.settled.items()})
+            for rid, settled in batch.settled.items():
+                self._publish_retained(rid, settled.status_json)  # devices hear it even while RabbitMQ is away
 
     async def _flush_loop(self) -> None:
         """Offer the events held in Redis to RabbitMQ again until it takes them all."""
@@ -451,13 +462,7 @@ class Bridge:
 
     async def _settle_all(self) -> None:
         """Statuses may have moved while no bridge ran (devices, clock): one settle per restaurant."""
-        gate = asyncio.Semaphore(SETTLE_CONCURRENCY)
-
-        async def one(rid: str) -> None:
-            async with gate:
-                await self._settle(rid)
-
-        await asyncio.gather(*(one(rid) for rid in await self.store.restaurant_ids()))
+        await self._settle(await self.store.restaurant_ids())
 
     async def _recover_outbox(self) -> None:
         """Publish what a previous bridge committed to Redis but died before RabbitMQ confirmed."""
