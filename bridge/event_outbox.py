@@ -17,6 +17,7 @@ import aio_pika.exceptions
 
 from bridge.metrics import BridgeMetrics
 from core.amqp import EventPublisher
+from core.held_outbox import publish_held
 from core.messages import Event
 from core.presence_store import PresenceStore
 
@@ -65,28 +66,13 @@ class EventOutbox:
 
     async def flush(self) -> int:
         """Publish the backlog; stops at the first failure (to be called again). Returns events published."""
-        published = 0
-        for rid in sorted(self.backlog):
-            while True:
-                snap = await self.store.snapshot(rid)
-                if not snap.outbox:
-                    # No await between this read and the discard: a commit after it publishes by itself.
-                    self.backlog.discard(rid)
-                    break
-                names = sorted(snap.outbox)  # fields start with their commit time: oldest first
-                try:
-                    for name in names:
-                        await asyncio.wait_for(
-                            self.publisher.publish(Event.model_validate_json(snap.outbox[name])), self.timeout_s
-                        )
-                        self.metrics.events_published.inc()
-                        published += 1
-                except PUBLISH_OUTAGES:
-                    self.metrics.held_restaurants.set(len(self.backlog))
-                    return published
-                await self.store.clear_outbox(rid, names)
+        published, through = await publish_held(self.store, self.backlog, self._publish_one, PUBLISH_OUTAGES)
         self.metrics.held_restaurants.set(len(self.backlog))
-        if self.down:
+        if self.down and through:
             logger.info("RabbitMQ answers again: published %d events held in Redis", published)
             self.down = False
         return published
+
+    async def _publish_one(self, event: Event) -> None:
+        await asyncio.wait_for(self.publisher.publish(event), self.timeout_s)
+        self.metrics.events_published.inc()

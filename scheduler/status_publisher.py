@@ -24,6 +24,7 @@ from typing import TypeVar
 import aio_pika.exceptions
 
 from core.amqp import EventPublisher
+from core.held_outbox import publish_held
 from core.ids import status_topic
 from core.messages import Event, EventType
 from core.presence_store import PresenceStore, RestaurantSnapshot
@@ -129,31 +130,17 @@ class StatusPublisher:
             await self.publish_retained(rid, s.status_json)
 
     async def flush_held(self) -> int:
-        """Publish the held restaurants' outboxes, oldest field first; stops at the first failure (to be
-        called again). Returns the events published."""
-        published = 0
-        for rid in sorted(self.held):
-            while True:
-                snap = await self.store.snapshot(rid)
-                if not snap.outbox:
-                    # No await between this read and the discard: a newer settle publishes by itself.
-                    self.held.discard(rid)
-                    break
-                names = sorted(snap.outbox)  # fields start with their commit time
-                try:
-                    for name in names:
-                        event = Event.model_validate_json(snap.outbox[name])
-                        await self.publish_event(event)
-                        published += 1
-                        if event.type is EventType.STATUS_CHANGED:
-                            self.metrics.status_changes.inc()
-                except PUBLISH_OUTAGES:
-                    self.metrics.held_restaurants.set(len(self.held))
-                    return published
-                await self.store.clear_outbox(rid, names)
+        """Publish the held restaurants' outboxes (`core.held_outbox`); returns the events published."""
+        published, through = await publish_held(self.store, self.held, self._publish_counted, PUBLISH_OUTAGES)
         self.metrics.held_restaurants.set(len(self.held))
-        logger.info("RabbitMQ answers again: published %d events held in Redis", published)
+        if through:
+            logger.info("RabbitMQ answers again: published %d events held in Redis", published)
         return published
+
+    async def _publish_counted(self, event: Event) -> None:
+        await self.publish_event(event)
+        if event.type is EventType.STATUS_CHANGED:
+            self.metrics.status_changes.inc()
 
     async def _flush_loop(self) -> None:
         while True:
