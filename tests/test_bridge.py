@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import aio_pika
 import httpx
@@ -22,10 +23,11 @@ from core.settings import Settings
 from core.status_service import StatusService
 from tests.devices import ALWAYS_CLOSED, Device, EventTap, make_restaurant, settle_time
 from tests.helpers import wait_until
+from tests.tcp_cut import CuttableRelay
 
 # Mosquitto outlives a test and keeps retained presence: ids unique to this run keep tests apart.
 RID = {name: f"{name}-{uuid.uuid4().hex[:6]}" for name in
-       ("r-life", "r-two", "r-stale", "r-closed", "r-bad", "r-keep", "r-gone", "r-take")}
+       ("r-life", "r-two", "r-stale", "r-closed", "r-bad", "r-keep", "r-gone", "r-take", "r-away")}
 
 
 @asynccontextmanager
@@ -103,6 +105,50 @@ async def test_birth_will_graceful_and_one_status_change_each(env: dict[str, Any
         for queue in (settings.dashboard_queue, settings.aggregator_queue):
             kinds = [e["data"]["online"] for e in tap.of(RID["r-life"], "STATUS_CHANGED", queue)]
             assert kinds == [True, False, True, False], queue
+
+
+async def test_rabbitmq_away_holds_events_in_redis_and_loses_none(env: dict[str, Any], stack: Any) -> None:
+    # Only this bridge loses RabbitMQ (through a relay the test cuts): it goes on applying presence,
+    # the devices get their status, and once RabbitMQ is back every event arrives once, in order.
+    settings, tap, service = env["settings"], env["tap"], env["service"]
+    amqp = urlsplit(settings.amqp_url)
+    relay = CuttableRelay(amqp.hostname or "127.0.0.1", amqp.port or 5672)
+    await relay.open()
+    cut = settings.model_copy(update={"amqp_url": settings.amqp_url.replace(f":{amqp.port}/", f":{relay.port}/")})
+    rid = RID["r-away"]
+    secret = await make_restaurant(cut, stack, rid)
+    try:
+        async with running_bridge(cut) as bridge:
+            device = Device(env["url"], rid, secret)
+            await asyncio.to_thread(device.connect, 1)
+            await tap.wait_for(rid, "STATUS_CHANGED")
+            await relay.cut()
+            await asyncio.to_thread(device.graceful)
+            await wait_until(lambda: rid in bridge.outbox.backlog, 10, message="events not held")
+            assert not (await status_of(service, rid)()).online  # Redis moved on without RabbitMQ
+            heard = len(device.statuses)
+            await asyncio.to_thread(device.connect, 2)
+            # The broker kept the DISCONNECTED status the bridge published without RabbitMQ.
+            await wait_until(lambda: any(not s["online"] for s in device.statuses[heard:]), 10,
+                             message="no retained status")  # fmt: skip
+
+            async def online() -> bool:
+                return bool((await status_of(service, rid)()).online)
+
+            await wait_until(online, 10, message="second birth not applied")
+            assert len(tap.of(rid, "STATUS_CHANGED", settings.dashboard_queue)) == 1
+            await relay.open()
+            await tap.wait_for(rid, "STATUS_CHANGED", 3, timeout=30)
+            await wait_until(lambda: not bridge.outbox.backlog, 10, message="still held")
+            await settle_time(0.5)
+            for queue in (settings.dashboard_queue, settings.aggregator_queue):
+                events = tap.of(rid, queue=queue)
+                assert [e["type"] for e in events] == ["DEVICE_ONLINE", "STATUS_CHANGED", "DEVICE_OFFLINE",
+                                                       "STATUS_CHANGED", "DEVICE_ONLINE", "STATUS_CHANGED"], queue
+                assert [e["data"]["online"] for e in events if e["type"] == "STATUS_CHANGED"] == [True, False, True]
+            await asyncio.to_thread(device.stop)
+    finally:
+        await relay.close()
 
 
 async def test_two_devices_restaurant_online_while_either_is(env: dict[str, Any], stack: Any) -> None:
