@@ -98,7 +98,8 @@ class Bridge:
         await self.publisher.open()
         self.store = PresenceStore(redis, self.settings.redis_prefix)
         self.status = StatusService(self.store, self.window)
-        self.dead_letters = DeadLetters(self.publisher, self.metrics)
+        self.dead_letters = DeadLetters(self.publisher, redis, self.settings.redis_prefix, self.metrics,
+                                        PUBLISH_TIMEOUT_S)  # fmt: skip
         self.outbox = EventOutbox(self.store, self.publisher, self.metrics, PUBLISH_TIMEOUT_S)
         httpd = None
         tasks: list[asyncio.Task[None]] = []
@@ -108,6 +109,7 @@ class Bridge:
         try:
             await self._mark_state()
             await self._recover_outbox()
+            await self.dead_letters.recover()
             self.links = [
                 BrokerLink(url, i, self.settings, self.instance, self.inbox)
                 for i, url in enumerate(self.settings.mqtt_brokers)
@@ -337,10 +339,11 @@ class Bridge:
         """Offer the events held in Redis to RabbitMQ again until it takes them all."""
         while not self._stop.is_set():
             await asyncio.sleep(FLUSH_EVERY_S)
-            if not self.outbox.backlog:
+            if not self.outbox.backlog and not self.dead_letters.waiting:
                 continue
             try:
                 await self.outbox.flush()
+                await self.dead_letters.flush()
             except OUTAGES as exc:  # Redis away: the next round tries again
                 logger.info("could not flush held events (%s)", exc)
 

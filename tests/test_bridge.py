@@ -123,6 +123,8 @@ async def test_rabbitmq_away_holds_events_in_redis_and_loses_none(env: dict[str,
             await asyncio.to_thread(device.connect, 1)
             await tap.wait_for(rid, "STATUS_CHANGED")
             await relay.cut()
+            # Bad input meanwhile waits in Redis too, and does not hold up the batch it came in.
+            await asyncio.to_thread(device.publish_raw, f"restaurants/{rid}/devices/tablet/presence", b"not json")
             await asyncio.to_thread(device.graceful)
             await wait_until(lambda: rid in bridge.outbox.backlog, 10, message="events not held")
             assert not (await status_of(service, rid)()).online  # Redis moved on without RabbitMQ
@@ -139,7 +141,14 @@ async def test_rabbitmq_away_holds_events_in_redis_and_loses_none(env: dict[str,
             assert len(tap.of(rid, "STATUS_CHANGED", settings.dashboard_queue)) == 1
             await relay.open()
             await tap.wait_for(rid, "STATUS_CHANGED", 3, timeout=30)
-            await wait_until(lambda: not bridge.outbox.backlog, 10, message="still held")
+            await wait_until(lambda: not bridge.outbox.backlog and not bridge.dead_letters.waiting, 10,
+                             message="still held")  # fmt: skip
+            connection = await aio_pika.connect(settings.amqp_url)
+            async with connection:
+                channel = await connection.channel()
+                queue = await channel.get_queue(settings.amqp_name(settings.mqtt_dead_letter_queue))
+                letter = await queue.get(no_ack=True, fail=False)
+                assert letter is not None and letter.body == b"not json" and rid in str(letter.headers["topic"])
             await settle_time(0.5)
             for queue in (settings.dashboard_queue, settings.aggregator_queue):
                 events = tap.of(rid, queue=queue)
