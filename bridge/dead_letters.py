@@ -15,9 +15,8 @@ import time
 
 from redis.asyncio import Redis
 
-from bridge.event_outbox import PUBLISH_OUTAGES
 from bridge.metrics import BridgeMetrics
-from core.amqp import EventPublisher
+from core.amqp import PUBLISH_OUTAGES, EventPublisher
 
 logger = logging.getLogger(__name__)
 

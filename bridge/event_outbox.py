@@ -13,18 +13,14 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
-import aio_pika.exceptions
-
 from bridge.metrics import BridgeMetrics
-from core.amqp import EventPublisher
+from core.amqp import PUBLISH_OUTAGES, EventPublisher
 from core.held_outbox import publish_held
 from core.messages import Event
 from core.presence_store import PresenceStore
 
 logger = logging.getLogger(__name__)
 
-# aio-pika's own list (AMQP errors, OSError and so TimeoutError, RuntimeError of a channel reconnecting).
-PUBLISH_OUTAGES = aio_pika.exceptions.CONNECTION_EXCEPTIONS
 
 
 class EventOutbox:

@@ -3,6 +3,7 @@
 import logging
 
 import aio_pika
+import aio_pika.exceptions
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
 
 from core.messages import Event
@@ -13,6 +14,10 @@ logger = logging.getLogger(__name__)
 # aio-pika's robust connection waits 5 s between attempts by default: after a RabbitMQ restart the
 # scheduler then sat on its due boundaries for up to 5 s more. One second is cheap on loopback and LAN.
 RECONNECT_INTERVAL_S = 1.0
+
+# A publish that failed because RabbitMQ is away or the robust channel is being reopened: aio-pika's
+# own list (AMQP errors, OSError and so TimeoutError, RuntimeError of a closed connection).
+PUBLISH_OUTAGES = aio_pika.exceptions.CONNECTION_EXCEPTIONS
 
 
 async def connect_robust(settings: Settings) -> AbstractRobustConnection:

@@ -21,8 +21,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import TypeVar
 
-import aio_pika.exceptions
-
+from core import amqp
 from core.amqp import EventPublisher
 from core.held_outbox import publish_held
 from core.ids import status_topic
@@ -46,9 +45,9 @@ MAX_PENDING_RETAINED = 20_000  # unacknowledged retained statuses, all shards (p
 CLEAR_BATCH = 1000  # acknowledged retained statuses cleared per Redis round trip
 FLUSH_EVERY_S = 0.5  # held restaurants offered to RabbitMQ again
 
-# A publish that failed because RabbitMQ is away or the robust channel is being reopened (aio-pika's
-# own list: it raises RuntimeError on a closed connection) is an outage, not a refusal.
-PUBLISH_OUTAGES = (*OUTAGES, *aio_pika.exceptions.CONNECTION_EXCEPTIONS)
+# A publish lost to RabbitMQ being away (core.amqp's list, which has the RuntimeError of a closed
+# connection) or to Redis/MongoDB is an outage, not a refusal.
+PUBLISH_OUTAGES = (*OUTAGES, *amqp.PUBLISH_OUTAGES)
 OUTBOX_TIME = slice(2, 15)  # `o:<13-digit ms>:<uuid>`: when the event was committed
 
 
