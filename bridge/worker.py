@@ -342,8 +342,10 @@ class Bridge:
             if not self.outbox.backlog and not self.dead_letters.waiting:
                 continue
             try:
-                await self.outbox.flush()
-                await self.dead_letters.flush()
+                if self.outbox.backlog:
+                    await self.outbox.flush()
+                if self.dead_letters.waiting:
+                    await self.dead_letters.flush()
             except OUTAGES as exc:  # Redis away: the next round tries again
                 logger.info("could not flush held events (%s)", exc)
 
