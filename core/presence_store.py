@@ -1,5 +1,6 @@
 """The Redis side of presence: one hash per restaurant, changed only by single-key Lua scripts."""
 
+import itertools
 import json
 import time
 import uuid
@@ -35,9 +36,21 @@ def from_ms(ms: int | str) -> datetime:
     return datetime.fromtimestamp(int(ms) / 1000, tz=UTC)
 
 
+_FIELD_SEQUENCE = itertools.count()
+
+
 def outbox_field() -> str:
-    """Outbox fields sort by creation time, so recovery republishes in order."""
-    return f"o:{now_ms():013d}:{uuid.uuid4().hex}"
+    """Outbox fields sort by creation time, so recovery republishes in order.
+
+    The process's own sequence number breaks ties within a millisecond: with RabbitMQ away, a device
+    event and the STATUS_CHANGED it caused can be committed in the same one, and a random tie-break
+    then published the status first. (Between processes a millisecond apart means no order anyway.)
+    """
+    return f"o:{now_ms():013d}:{next_field_sequence()}:{uuid.uuid4().hex}"
+
+
+def next_field_sequence() -> str:
+    return f"{next(_FIELD_SEQUENCE):012d}"
 
 
 @dataclass(slots=True)
@@ -158,17 +171,25 @@ class PresenceStore:
             await pipe.execute()
 
     async def apply_presence(
-        self, events: Iterable[tuple[str, str, int, DeviceState, Event]], at_ms: int | None = None
+        self,
+        events: Iterable[tuple[str, str, int, DeviceState, Event]],
+        at_ms: int | None = None,
+        stamps: Sequence[int] | None = None,
     ) -> list[ScriptResult]:
-        """Apply (rid, did, epoch, state, transition event) tuples in one pipeline."""
-        at = str(at_ms or now_ms())
+        """Apply (rid, did, epoch, state, transition event) tuples in one pipeline.
+
+        Each is stamped `at_ms` (default now), or with `stamps` each its own instant (the bridge's
+        receipt of each message).
+        """
         items = list(events)
+        at = at_ms or now_ms()
+        times = [str(t) for t in stamps] if stamps is not None else [str(at)] * len(items)
         fields = [outbox_field() for _ in items]
         async with self.redis.pipeline(transaction=False) as pipe:
-            for (rid, did, epoch, state, event), name in zip(items, fields, strict=True):
+            for (rid, did, epoch, state, event), name, when in zip(items, fields, times, strict=True):
                 await self._apply(
                     keys=[self.key(rid), self.heartbeat_index],
-                    args=[did, epoch, state.value, at, name, event.model_dump_json(), f"{rid}/{did}"],
+                    args=[did, epoch, state.value, when, name, event.model_dump_json(), f"{rid}/{did}"],
                     client=pipe,
                 )
             raw = await pipe.execute()
@@ -190,7 +211,7 @@ class PresenceStore:
             return HeartbeatOutcome(0, [])
         at = at_ms or now_ms()
         base = str(uuid.uuid4())[:-4]
-        args: list[str | int] = [at, from_ms(at).isoformat(), base, len(self.prefix), window_ms]
+        args: list[str | int] = [at, from_ms(at).isoformat(), base, len(self.prefix), window_ms, next_field_sequence()]
         for _rid, did, epoch in beats:
             args += [did, epoch]
         reply = await self._heartbeat_batch(
@@ -268,6 +289,16 @@ class PresenceStore:
     async def clear_outbox(self, restaurant_id: str, names: Sequence[str]) -> None:
         if names:
             await self.redis.hdel(self.key(restaurant_id), *names)
+
+    async def clear_outboxes(self, published: Sequence[tuple[str, Sequence[str]]]) -> None:
+        """`clear_outbox` for many restaurants in one pipeline."""
+        if not published:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for rid, names in published:
+                if names:
+                    pipe.hdel(self.key(rid), *names)
+            await pipe.execute()
 
     async def clear_status_outbox(self, restaurant_id: str, published: str) -> None:
         """Forget the retained status only if no newer one was queued meanwhile."""

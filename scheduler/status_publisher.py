@@ -48,7 +48,7 @@ FLUSH_EVERY_S = 0.5  # held restaurants offered to RabbitMQ again
 # A publish lost to RabbitMQ being away (core.amqp's list, which has the RuntimeError of a closed
 # connection) or to Redis/MongoDB is an outage, not a refusal.
 PUBLISH_OUTAGES = (*OUTAGES, *amqp.PUBLISH_OUTAGES)
-OUTBOX_TIME = slice(2, 15)  # `o:<13-digit ms>:<uuid>`: when the event was committed
+OUTBOX_TIME = slice(2, 15)  # `o:<13-digit ms>:<sequence>:<uuid>`: when the event was committed
 
 
 class StatusPublisher:
@@ -258,7 +258,7 @@ class StatusPublisher:
 
 
 def _committed_ms(outbox_field: str) -> int:
-    """When an outbox entry was written (`o:<13-digit ms>:<uuid>`); an unknown format counts as old."""
+    """When an outbox entry was written (`o:<13-digit ms>:…`); an unknown format counts as old."""
     try:
         return int(outbox_field[OUTBOX_TIME])
     except ValueError:

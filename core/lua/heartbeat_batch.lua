@@ -1,8 +1,9 @@
 -- Refresh last_seen for a batch of heartbeats in one call (one round trip for thousands of them).
 -- KEYS[1] heartbeat index (sorted set); KEYS[2..n+1] restaurant hashes, one per heartbeat.
 -- ARGV[1] now_ms, ARGV[2] now ISO-8601, ARGV[3] event id base (a UUID without its last 4 hex digits),
--- ARGV[4] key prefix length, ARGV[5] the presence window in ms (0: not checked); then per heartbeat i:
--- ARGV[4+2i] device_id, ARGV[5+2i] epoch.
+-- ARGV[4] key prefix length, ARGV[5] the presence window in ms (0: not checked), ARGV[6] the caller's
+-- outbox sequence number (12 digits: orders fields within a millisecond); then per heartbeat i:
+-- ARGV[5+2i] device_id, ARGV[6+2i] epoch.
 -- Per heartbeat the (epoch, state) rule of DESIGN.md §3: an older or ended epoch is ignored; the live
 -- epoch refreshes last_seen; a newer epoch (birth still in flight, or Redis lost) counts as online.
 -- A device counts as connected again (a transition) when it was flagged stale, and also when its last
@@ -25,7 +26,7 @@ end
 
 for i = 1, #KEYS - 1 do
   local key = KEYS[i + 1]
-  local did, epoch_s = ARGV[4 + 2 * i], ARGV[5 + 2 * i]
+  local did, epoch_s = ARGV[5 + 2 * i], ARGV[6 + 2 * i]
   local epoch = tonumber(epoch_s)
   local current = redis.call("HGET", key, "d:" .. did)
   local accept, transition = true, false
@@ -52,7 +53,7 @@ for i = 1, #KEYS - 1 do
     if transition then
       redis.call("HINCRBY", key, "v", 1)
       local event_id = id_base .. string.format("%04x", i % 65536)
-      local field = "o:" .. string.format("%013d", tonumber(now)) .. ":" .. event_id
+      local field = "o:" .. string.format("%013d", tonumber(now)) .. ":" .. ARGV[6] .. ":" .. event_id
       local event = '{"event_id":"' .. event_id .. '","type":"DEVICE_ONLINE","restaurant_id":"' .. rid ..
         '","device_id":"' .. did .. '","ts":"' .. now_iso .. '","data":{"epoch":' .. epoch_s ..
         ',"cause":"heartbeat"}}'
