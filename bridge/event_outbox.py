@@ -11,7 +11,7 @@ events wait behind its older ones, so each restaurant's events keep their order.
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from bridge.metrics import BridgeMetrics
 from core.amqp import PUBLISH_OUTAGES, EventPublisher
@@ -20,7 +20,6 @@ from core.messages import Event
 from core.presence_store import PresenceStore
 
 logger = logging.getLogger(__name__)
-
 
 
 class EventOutbox:
@@ -34,12 +33,27 @@ class EventOutbox:
         self.backlog: set[str] = set()
         self.down = False
 
-    async def publish(self, restaurant_id: str, items: Sequence[tuple[str, Event]]) -> bool:
-        """Publish (outbox field, event) pairs of one restaurant in order and clear them from its outbox.
+    async def publish(self, per_restaurant: Mapping[str, Sequence[tuple[str, Event]]], at_once: int) -> None:
+        """Publish (outbox field, event) pairs: each restaurant's in order, up to `at_once` restaurants
+        at a time so their confirms overlap; then clear what RabbitMQ confirmed, in one pipeline.
 
-        False when they stay in the outbox for `flush`: RabbitMQ is away, or older events of the same
-        restaurant still wait there.
+        A restaurant's events stay in its outbox for `flush` when RabbitMQ is away or older events of
+        the same restaurant still wait there.
         """
+        gate = asyncio.Semaphore(at_once)
+        confirmed: list[tuple[str, list[str]]] = []
+
+        async def one(restaurant_id: str, items: Sequence[tuple[str, Event]]) -> None:
+            async with gate:
+                if await self._send(restaurant_id, items):
+                    confirmed.append((restaurant_id, [name for name, _event in items]))
+
+        try:
+            await asyncio.gather(*(one(rid, items) for rid, items in per_restaurant.items()))
+        finally:
+            await self.store.clear_outboxes(confirmed)  # one round trip, not one per restaurant
+
+    async def _send(self, restaurant_id: str, items: Sequence[tuple[str, Event]]) -> bool:
         if self.down or restaurant_id in self.backlog:
             self._hold(restaurant_id)
             return False
@@ -53,7 +67,6 @@ class EventOutbox:
             self.down = True
             self._hold(restaurant_id)
             return False
-        await self.store.clear_outbox(restaurant_id, [name for name, _event in items])
         return True
 
     def _hold(self, restaurant_id: str) -> None:

@@ -32,6 +32,20 @@ class BridgeMetrics:
         self.batch_size = Histogram(
             "bridge_batch_size", "Messages per batch", buckets=(1, 10, 50, 100, 500, 1000, 2000, 5000), registry=r
         )
+        self.message_age = Histogram(
+            "bridge_message_age_seconds",
+            "From a device's payload ts (its clock) to the bridge applying it: births, graceful offlines,"
+            " and the oldest heartbeat of each batch",
+            ["kind"],
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.inbox_wait = Histogram(
+            "bridge_inbox_wait_seconds",
+            "From paho reading a batch's oldest message to the whole batch applied (events published, settled)",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
         self.queue_depth = Gauge("bridge_handoff_depth", "Messages waiting between paho and the loop", registry=r)
         self.converged = Gauge("bridge_converged", "1 once the retained presence of every shard is read", registry=r)
         self.reconcile_seconds = Gauge(

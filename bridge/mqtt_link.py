@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 CONNACK_TIMEOUT_S = 3.0
 READ_PACKETS = 500  # packets per readable socket event: one selector wake-up for many heartbeats
 MISC_INTERVAL_S = 1.0
+RECEIVE_MAXIMUM = 65_535  # QoS 1 messages the broker may send before the bridge's first PUBACK (MQTT 5's most)
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.5, 30.0
 
 
@@ -48,6 +49,7 @@ class Inbound:
     qos: int
     retain: bool
     mid: int
+    received: float  # time.monotonic() when paho parsed it
 
 
 class BrokerLink:
@@ -143,6 +145,11 @@ class BrokerLink:
             # Short on purpose: Mosquitto keeps handing a share of the group's messages to an offline
             # member until its session expires, so a bridge that is gone for good must not hold one long.
             properties.SessionExpiryInterval = int(self.settings.bridge_session_expiry_s)
+            # Without it Mosquitto sends a v5 client at most `max_inflight_messages` unacknowledged QoS 1
+            # messages, and the bridge acks a batch only once applied: 9,000 graceful stops at once then
+            # waited up to 5 s in the broker before the bridge even read (and stamped) them. The inbox's
+            # high-water mark pauses reading instead.
+            properties.ReceiveMaximum = RECEIVE_MAXIMUM
             kwargs["clean_start"] = False
         connect = partial(self._client.connect, self.host, self.port, 30, properties=properties, **kwargs)
         try:
@@ -311,7 +318,7 @@ class BrokerLink:
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         if msg.retain:
             self.last_retained_at = time.monotonic()
-        self.inbox.put(Inbound(self, msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain), msg.mid))
+        self.inbox.put(Inbound(self, msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain), msg.mid, msg.timestamp))
         if self.inbox.full:
             self._pause()
 

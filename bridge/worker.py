@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import logging
+import sys
 import time
 import uuid
 from collections import defaultdict
@@ -176,7 +177,7 @@ class Bridge:
         if due:
             await self._sweep_once()
             with self.metrics.batch_seconds.labels("presence").time():
-                await self._apply_presence(due)
+                await self._apply_presence(due, held_s=self.settings.will_grace_s)
             self._held_wills = [(at, row) for at, row in self._held_wills if not (everything or at <= now)]
             for row in due:
                 row[0].link.ack(row[0].mid, row[0].qos)
@@ -213,6 +214,8 @@ class Bridge:
         presence: list[PresenceRow] = []
         beats: list[tuple[Inbound, str, str, int]] = []
         statuses: dict[str, DerivedStatus] = {}
+        ages: list[tuple[str, int]] = []  # a will's ts is its connection's, so wills are not timed
+        oldest_beat = sys.maxsize
         for msg in batch:
             status_of = status_topic_restaurant(msg.topic)
             if status_of is not None:
@@ -226,11 +229,15 @@ class Bridge:
                 if topic.kind == "presence":
                     p = parse_presence(msg.payload, self.settings.max_payload_bytes)
                     presence.append((msg, topic.restaurant_id, topic.device_id, p.epoch, p.state, p.cause))
+                    if not msg.retain and (p.state is DeviceState.ONLINE or p.cause is not None):
+                        ages.append(("birth" if p.state is DeviceState.ONLINE else "graceful", p.ts))
                 else:
                     h = parse_heartbeat(msg.payload, self.settings.max_payload_bytes)
                     beats.append((msg, topic.restaurant_id, topic.device_id, h.epoch))
+                    oldest_beat = min(oldest_beat, h.ts)
             except InvalidMessage as exc:
                 await self.dead_letters.reject(msg.topic, msg.payload, exc.reason, exc.detail)
+        self._observe_ages(ages, oldest_beat)
         if statuses:
             await self.store.restore_statuses(statuses)
         unknown = await self._unknown({rid for _, rid, *_ in presence} | {rid for _, rid, *_ in beats})
@@ -259,6 +266,15 @@ class Bridge:
         if beats:
             with self.metrics.batch_seconds.labels("heartbeat").time():
                 await self._apply_heartbeats(beats)
+        self.metrics.inbox_wait.observe(time.monotonic() - batch[0].received)
+
+    def _observe_ages(self, ages: list[tuple[str, int]], oldest_beat: int) -> None:
+        """How far behind the devices the bridge runs (by their clocks: a skewed tablet skews it)."""
+        now = now_ms()
+        for kind, ts in ages:
+            self.metrics.message_age.labels(kind).observe(max(0, now - ts) / 1000)
+        if oldest_beat != sys.maxsize:
+            self.metrics.message_age.labels("heartbeat").observe(max(0, now - oldest_beat) / 1000)
 
     async def _unknown(self, restaurant_ids: set[str]) -> set[str]:
         """Restaurants never provisioned (a known one stays known: restaurants are not deleted)."""
@@ -269,11 +285,16 @@ class Bridge:
         self._known.update(rid for rid in ask if rid not in missing)
         return missing
 
-    async def _apply_presence(self, items: Sequence[PresenceRow]) -> None:
+    async def _apply_presence(self, items: Sequence[PresenceRow], held_s: float = 0.0) -> None:
+        """Stamped when the bridge received each message, not when its batch got its turn: a storm's
+        10,000th graceful stop still counts from its arrival. A will held `held_s` counts from its
+        hold's end (`derive_status` keeps a status's `since` from going back past the last one).
+        """
         self.metrics.messages.labels("presence").inc(len(items))
-        at = now_ms()
+        now = now_ms()
+        stamps = [min(now, at + int(held_s * 1000)) for at in _received_ms([row[0] for row in items])]
         rows = []
-        for _msg, rid, did, epoch, state, cause in items:
+        for (_msg, rid, did, epoch, state, cause), at in zip(items, stamps, strict=True):
             if state is DeviceState.ONLINE:
                 event = Event(type=EventType.DEVICE_ONLINE, restaurant_id=rid, device_id=did, ts=from_ms(at),
                               data={"epoch": epoch, "cause": "birth"})
@@ -281,14 +302,17 @@ class Bridge:
                 event = Event(type=EventType.DEVICE_OFFLINE, restaurant_id=rid, device_id=did, ts=from_ms(at),
                               data={"epoch": epoch, "cause": cause or "will"})
             rows.append((rid, did, epoch, state, event))
-        results = await self.store.apply_presence(rows, at)
+        results = await self.store.apply_presence(rows, stamps=stamps)
         self.metrics.ignored.labels("presence").inc(sum(1 for r in results if r.code == 0))
         await self._after_transitions([(row[0], res) for row, res in zip(rows, results, strict=True)])
 
     async def _apply_heartbeats(self, items: Sequence[tuple[Inbound, str, str, int]]) -> None:
         self.metrics.messages.labels("heartbeat").inc(len(items))
+        # One instant for the batch: its newest message's arrival, so no beat counts from before it came.
         outcome = await self.store.heartbeats(
-            [(rid, did, epoch) for _msg, rid, did, epoch in items], window_ms=int(self.settings.stale_after_s * 1000)
+            [(rid, did, epoch) for _msg, rid, did, epoch in items],
+            at_ms=max(_received_ms([row[0] for row in items])),
+            window_ms=int(self.settings.stale_after_s * 1000),
         )
         self.metrics.ignored.labels("heartbeat").inc(outcome.ignored)
         await self._after_transitions(outcome.transitions)
@@ -308,13 +332,7 @@ class Bridge:
 
     async def _publish_each(self, per_restaurant: dict[str, list[tuple[str, Event]]]) -> None:
         """Each restaurant's events in order; the restaurants at once, so their confirms overlap."""
-        gate = asyncio.Semaphore(PUBLISH_CONCURRENCY)
-
-        async def one(rid: str, items: list[tuple[str, Event]]) -> None:
-            async with gate:
-                await self.outbox.publish(rid, items)
-
-        await asyncio.gather(*(one(rid, items) for rid, items in per_restaurant.items()))
+        await self.outbox.publish(per_restaurant, PUBLISH_CONCURRENCY)
 
     async def _settle(self, restaurant_ids: Sequence[str]) -> None:
         """Settle restaurants as one batch (one pipelined read, one of commits; `StatusService.settle_batch`).
@@ -483,3 +501,9 @@ class Bridge:
                     self._retained_after_start.append((snap.restaurant_id, snap.pending_status))
         if recovered:
             logger.info("republished %d events left in the outbox by an earlier bridge", recovered)
+
+
+def _received_ms(messages: Sequence[Inbound]) -> list[int]:
+    """Wall-clock milliseconds at which paho read each message (it notes the monotonic clock)."""
+    offset = time.time() - time.monotonic()
+    return [int((msg.received + offset) * 1000) for msg in messages]

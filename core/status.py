@@ -177,7 +177,11 @@ def derive_status(
             link_since = _disconnected_since(devices, window, now)
         since = max(clock_since, link_since)
 
-    if previous is not None and previous.core == core and previous.since is not None:
+    if previous is not None and previous.since is not None and (
+        previous.core == core or (since is not None and since < previous.since)
+    ):
+        # The same status goes on; and a new one never begins before the one it follows (a device fact
+        # stamped at its arrival may be applied after a clock boundary committed a later status).
         since = previous.since
     return DerivedStatus(
         restaurant_id=restaurant_id,

@@ -125,6 +125,24 @@ def test_a_silent_device_is_stale_after_the_window() -> None:
     assert status.since == noon - timedelta(seconds=1)
 
 
+def test_a_new_status_never_begins_before_the_one_it_follows() -> None:
+    # The bridge stamps a graceful stop when it arrived (11:59:59.5), but applies it after the scheduler
+    # committed "online since 12:00" at an unavailability's end: DISCONNECTED begins at 12:00, not before.
+    noon = at("2026-11-25T12:00:00-03:00")
+    ended = Unavailability(noon - timedelta(hours=1), noon, UnavailabilityReason.HOLIDAY)
+    rules = RestaurantRules(unavailabilities=(ended,))
+    online = derive_status("r", rules, [device(DeviceState.ONLINE, noon - timedelta(seconds=5))], noon, WINDOW)
+    assert online.online and online.since == noon
+    stopped = DeviceFact("tablet", 1, DeviceState.OFFLINE, noon - timedelta(seconds=5), noon - timedelta(seconds=0.5))
+    later = noon + timedelta(seconds=1)
+    assert derive_status("r", rules, [stopped], later, WINDOW).since == noon  # without the previous status
+    rules = RestaurantRules()  # the same fact against a status that began after it
+    previous = online.model_copy(update={"since": noon + timedelta(seconds=0.2)})
+    gone = derive_status("r", rules, [stopped], later, WINDOW, previous=previous)
+    assert gone.reason is OfflineReason.DISCONNECTED and gone.since == noon + timedelta(seconds=0.2)
+    assert derive_status("r", rules, [stopped], later, WINDOW).since == noon - timedelta(seconds=0.5)
+
+
 def test_a_cancelled_unavailability_ends_at_its_cancel_time() -> None:
     noon = at("2026-11-25T12:00:00-03:00")
     cancelled = Unavailability(
