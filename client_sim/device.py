@@ -298,6 +298,7 @@ class SimDevice:
             offline = _json({"state": "offline", "epoch": self.epoch, "ts": wall_ms(), "cause": "graceful"})
             client.on_publish = self._on_publish
             info = client.publish(ids.presence_topic(self.rid, self.did), offline, qos=1, retain=True)
+            self.ctx.pump.send_now(client)  # out before it is logged as sent
             self.ctx.stats.published += 1
             self._write("graceful_offline")
             acked = self._acks[info.mid] = loop.create_future()

@@ -172,6 +172,15 @@ class MqttPump:
             self._flushing.add(client)
             self._loop.call_soon(self._flush, client)
 
+    def send_now(self, client: mqtt.Client) -> None:
+        """Write what paho queued at once rather than on the loop's next turn (not from a paho callback).
+
+        A graceful stop of thousands of devices at once queues thousands of offline messages in one
+        turn; flushed only on the next, the first would leave a second after its device said it did.
+        """
+        self._flushing.discard(client)
+        self._flush(client)
+
     def _flush(self, client: mqtt.Client) -> None:
         self._flushing.discard(client)
         if client not in self._fds or client in self._writing:
