@@ -38,8 +38,8 @@ QUEUE_SETTINGS = """\
 # `max_queued_messages 0` Mosquitto 2.0.11 disconnects any client whose publish the ACL denies.
 max_queued_messages 10000000
 max_queued_bytes 0
-# QoS 1 messages on the wire awaiting PUBACK, per MQTT 3.1.1 client (MQTT 5 clients such as the
-# bridge announce their own Receive Maximum instead). The default of 20 makes a busy 3.1.1
+# QoS 1 messages on the wire awaiting PUBACK, per MQTT 3.1.1 client and per MQTT 5 client that does not
+# announce a Receive Maximum (the bridge announces 65,535). The default of 20 makes a busy 3.1.1
 # subscriber wait a round trip every 20 messages; 1000 keeps the pipe full. QoS 0 (heartbeats)
 # is never counted and never queued behind this limit.
 max_inflight_messages 1000
