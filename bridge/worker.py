@@ -33,6 +33,7 @@ from core.messages import DeviceState, Event, EventType, parse_heartbeat, parse_
 from core.presence_store import PresenceStore, ScriptResult, from_ms, now_ms
 from core.settings import Settings
 from core.shards import shard_of
+from core.state_marker import StateMarker
 from core.status import DerivedStatus
 from core.status_service import StatusService
 from core.task_stop import cancel_and_wait
@@ -56,6 +57,7 @@ PUBLISH_CONCURRENCY = 500  # restaurants whose events are in flight to RabbitMQ 
 SETTLE_BATCH = 1000  # restaurants settled per pipelined read and commit
 REDIS_CONNECTIONS = 64
 QUIET_AFTER_RETAINED_S = 1.0  # no retained message for this long after SUBACK: the shard is read
+REBUILD_KEEP_S = 30.0  # how often a long reconciliation renews its `rebuilding` key (core/state_marker.py)
 REDIS_WATCH_S = 1.0  # how often the marker key is checked for a Redis that lost its state
 PUBLISH_TIMEOUT_S = 2.0  # a confirm slower than this: RabbitMQ is taken as away, events wait in Redis
 FLUSH_EVERY_S = 0.5  # how often events held in Redis are offered to RabbitMQ again
@@ -98,6 +100,7 @@ class Bridge:
         self.publisher = EventPublisher(self.settings)
         await self.publisher.open()
         self.store = PresenceStore(redis, self.settings.redis_prefix)
+        self.state = StateMarker(redis, self.settings.redis_prefix)
         self.status = StatusService(self.store, self.window)
         self.dead_letters = DeadLetters(self.publisher, redis, self.settings.redis_prefix, self.metrics,
                                         PUBLISH_TIMEOUT_S)  # fmt: skip
@@ -108,7 +111,8 @@ class Bridge:
             httpd, _ = start_http_server(self.settings.bridge_metrics_port, "127.0.0.1", self.metrics.registry)
             self.metrics_port = httpd.server_port
         try:
-            await self._mark_state()
+            # A Redis without the marker is new or lost its state: other writers wait for this rebuild.
+            await self.state.mark(self.instance, rebuilding=not await self.state.holds_state())
             await self._recover_outbox()
             await self.dead_letters.recover()
             self.links = [
@@ -436,8 +440,13 @@ class Bridge:
         """Say when every shard's retained presence has been read; read it again if Redis loses it."""
         started = self._started
         while not self._stop.is_set():
+            kept = time.monotonic()
             while any(link.reconciling for link in self.links):
                 await asyncio.sleep(0.1)
+                if time.monotonic() - kept > REBUILD_KEEP_S:
+                    kept = time.monotonic()
+                    with contextlib.suppress(*OUTAGES):
+                        await self.state.keep_rebuilding(self.instance)
                 for link in self.links:
                     if not link.reconciling or link.reconcile_subscribed_at is None:
                         continue
@@ -446,6 +455,7 @@ class Bridge:
                         link.end_reconciliation()
             self._defer_settles = False
             await self._run_batch(self._settle_all, [])
+            await self._run_batch(self.state.rebuilt, [])  # the scheduler may settle again
             elapsed = time.monotonic() - started
             self.metrics.reconcile_seconds.set(elapsed)
             self.metrics.converged.set(1)
@@ -460,7 +470,7 @@ class Bridge:
                         "Redis lost the platform's state (restarted empty?); reconciling from retained presence"
                     )
                     self._defer_settles = True
-                    await self._run_batch(self._mark_state, [])
+                    await self._run_batch(partial(self.state.mark, self.instance, rebuilding=True), [])
                     self._known.clear()
                     for link in self.links:
                         link.begin_reconciliation()
@@ -469,17 +479,10 @@ class Bridge:
             self.converged.clear()
             self.metrics.converged.set(0)
 
-    @property
-    def _state_marker(self) -> str:
-        return f"{self.settings.redis_prefix}state"
-
-    async def _mark_state(self) -> None:
-        await self.store.redis.set(self._state_marker, self.instance)
-
     async def _redis_holds_state(self) -> bool:
         """False only when Redis answers and the marker is gone; an unreachable Redis is not a loss yet."""
         try:
-            return bool(await self.store.redis.exists(self._state_marker))
+            return await self.state.holds_state()
         except OUTAGES:
             return True
 

@@ -10,6 +10,7 @@ from functools import partial
 from core.clock_queue import ClockQueue
 from core.presence_store import PresenceStore, RestaurantSnapshot, from_ms, now_ms
 from core.settings import Settings
+from core.state_marker import StateMarker
 from core.status_service import Settled, StatusService
 from scheduler.metrics import SchedulerMetrics
 from scheduler.rebuild import next_due_ms
@@ -48,6 +49,7 @@ class Drainer:
         self.acting = acting
         self.lease_ms = int(settings.scheduler_lease_s * 1000)
         self._gate = asyncio.Semaphore(settings.scheduler_concurrency)  # shared by the drain and the rebuild
+        self.state = StateMarker(store.redis, settings.redis_prefix)
         self._failing: set[str] = set()
 
     async def drain(self) -> None:
@@ -109,6 +111,7 @@ class Drainer:
         One that failed is logged, counted and left out; one that failed because a backing service
         went away meanwhile is settled again on its own, with backoff.
         """
+        await self._wait_for_state()
         batch = await self.retry(partial(self.status.settle_batch, ids), f"settling {len(ids)} restaurants")
         transitions = list(batch.settled.items())
         failed = set(batch.failed)
@@ -125,6 +128,16 @@ class Drainer:
         for snap in through:
             self._failing.discard(snap.restaurant_id)
         return SettledBatch(transitions, through, batch.unknown)
+
+    async def _wait_for_state(self) -> None:
+        """Settle nothing while a bridge rebuilds Redis's lost state (core/state_marker.py)."""
+        if await self.retry(self.state.ready, "reading the state marker"):
+            return
+        logger.warning("Redis lost the platform's state; settling waits for the bridge's rebuild")
+        started = time.monotonic()
+        if not await self.retry(partial(self.state.wait_ready, self.acting), "waiting for the rebuild"):
+            raise Abandoned("waiting for the rebuild")
+        logger.info("the bridge rebuilt Redis's state; settling again after %.1f s", time.monotonic() - started)
 
     async def _settle_one(self, rid: str) -> tuple[str | None, Settled | None]:
         """(rid, what to publish) once settled, (None, None) if it failed."""

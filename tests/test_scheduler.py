@@ -25,10 +25,11 @@ from core.db import open_mongo
 from core.documents import Restaurant, UnavailabilityLog, UnavailabilityRecord
 from core.ids import status_topic
 from core.messages import DeviceState, Event, EventType, utc_now
-from core.presence_store import PresenceStore, RestaurantSnapshot, outbox_field
+from core.presence_store import PresenceStore, RestaurantSnapshot, now_ms, outbox_field
 from core.profiles import load_profiles, restaurant_profile
 from core.settings import Settings
-from core.status import Unavailability, UnavailabilityReason
+from core.state_marker import StateMarker
+from core.status import DerivedStatus, Unavailability, UnavailabilityReason
 from core.status_codec import profile_json
 from core.status_service import Settled, StatusService
 from scheduler.leader import LeaderLock
@@ -529,3 +530,45 @@ async def test_outbox_entry_left_behind_is_republished_by_the_periodic_sweep(env
         seen = await env["tap"].wait_for(rid, "UNAVAILABILITY_CANCELLED", timeout=20)
         assert [e["event_id"] for e in seen] == [event.event_id]
         await wait_until(lambda: outbox_empty(store, rid), 10, message="outbox never cleared")
+
+
+async def test_redis_lost_and_rebuilt_by_the_bridge_announces_nothing_again(env: dict[str, Any], stack: Any) -> None:
+    # Redis restarted empty: the scheduler's lease and profiles go too, and its rebuild settles the
+    # restaurants again. Until the bridge has put the committed statuses back (from the retained copies)
+    # that settle would find none and announce the current status a second time.
+    settings, store, tap = env["settings"], env["store"], env["tap"]
+    rid = unique("s-lost")
+    await make_restaurant(settings, stack, rid)
+    marker = StateMarker(store.redis, settings.redis_prefix)
+
+    async def online_device() -> None:
+        birth = Event(type=EventType.DEVICE_ONLINE, restaurant_id=rid, device_id="tablet", data={})
+        await store.apply_presence([(rid, "tablet", 1, DeviceState.ONLINE, birth)])
+
+    await online_device()
+    await marker.mark("bridge-1", rebuilding=False)  # what a running bridge keeps
+    async with running(settings) as scheduler:
+        [first] = await tap.wait_for(rid, "STATUS_CHANGED")
+        assert first["data"]["online"]
+        rebuilds = scheduler.metrics.registry.get_sample_value("scheduler_rebuilds_total") or 0.0
+        keys = [key async for key in store.redis.scan_iter(match=f"{settings.redis_prefix}*")]
+        await store.redis.delete(*keys)  # Redis restarted empty
+        await online_device()  # the bridge re-applies retained presence before it notices (or meanwhile)
+
+        async def profile_back() -> bool:
+            return (await store.snapshot(rid)).rules is not None
+
+        await wait_until(profile_back, 20, message="the scheduler did not rebuild")
+        await settle_time(1.0)
+        assert len(tap.of(rid, "STATUS_CHANGED")) == 1, "settled while Redis held no committed status"
+        await marker.mark("bridge-1", rebuilding=True)  # the bridge notices, restores, converges
+        await store.restore_statuses({rid: DerivedStatus.model_validate(first["data"])})
+        await marker.rebuilt()
+        await wait_until(
+            lambda: (scheduler.metrics.registry.get_sample_value("scheduler_rebuilds_total") or 0.0) > rebuilds,
+            20, message="the rebuild never went on",
+        )  # fmt: skip
+        await settle_time(1.0)
+        due = await store.redis.zscore(f"{settings.redis_prefix}due", rid)
+        assert due is None or due > now_ms() + 60_000, "never settled again"  # queued at its next boundary
+    assert_once_on_both_queues(env, rid, [None])
