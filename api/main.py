@@ -5,6 +5,7 @@ from fastapi import FastAPI
 from api.docs import install_docs
 from api.lifespan import lifespan
 from api.metrics import install_metrics
+from api.outages import install_outage_handlers
 from api.routes import api_router
 from core.settings import Settings
 
@@ -29,5 +30,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     install_metrics(app)
     install_docs(app)
+    install_outage_handlers(app)
     app.include_router(api_router)
     return app

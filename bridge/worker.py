@@ -111,8 +111,10 @@ class Bridge:
             httpd, _ = start_http_server(self.settings.bridge_metrics_port, "127.0.0.1", self.metrics.registry)
             self.metrics_port = httpd.server_port
         try:
-            # A Redis without the marker is new or lost its state: other writers wait for this rebuild.
-            await self.state.mark(self.instance, rebuilding=not await self.state.holds_state())
+            # Not `rebuilding` here: a Redis without the marker is more often new than lost, and a new
+            # restaurant's first status (DISCONNECTED since its creation) must not wait for the bridge's
+            # first convergence, or a birth meanwhile would leave that stretch out of the history.
+            await self.state.mark(self.instance, rebuilding=False)
             await self._recover_outbox()
             await self.dead_letters.recover()
             self.links = [

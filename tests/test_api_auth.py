@@ -211,3 +211,18 @@ async def test_only_admin_provisions(client: httpx.AsyncClient, settings: Settin
         assert restaurant.json() == {"detail": "requires role admin"}
     assert (await client.post("/admin/restaurants", json={"restaurant_id": "r-x"})).status_code == 401
     assert await Restaurant.find_one(Restaurant.restaurant_id == "r-x") is None
+
+
+async def test_redis_away_is_a_503_that_says_so(app: FastAPI, client: httpx.AsyncClient) -> None:
+    # Seen in the Redis fault run: a login while Redis restarted was a 500 with a traceback.
+    from redis.asyncio import Redis
+
+    live, away = app.state.redis, Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=1)
+    app.state.redis = away  # the login limiter's Redis refuses connections
+    try:
+        response = await login(client, "r-any", "whatever")
+    finally:
+        app.state.redis = live
+        await away.aclose()
+    assert response.status_code == 503, response.text
+    assert "Redis" in response.json()["detail"] and response.headers["Retry-After"] == "1"
