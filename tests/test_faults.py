@@ -40,11 +40,6 @@ def test_bridge_killed_and_restarted() -> None:
     assert_whole(run_with("kill-bridge"))
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="open bug (issue 5 note, 2026-11-26): 1 run in 4, one restaurant's STATUS_CHANGED online is "
-    "announced twice after Redis restarts empty (7 s apart); statuses and ranking were right",
-)
 def test_redis_restarted_empty() -> None:
     # A session left silent when Redis was lost counts as heard from at the rebuild: one window more.
     report = run_with("redis", recovery_s=RUN.stale_after_s + 2.0)
