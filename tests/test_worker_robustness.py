@@ -4,6 +4,7 @@ device heard exactly a window ago without flagging it."""
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import pytest
 from redis.asyncio import Redis
@@ -11,7 +12,10 @@ from redis.asyncio import Redis
 from core.messages import DeviceState, Event, EventType
 from core.presence_store import STATUS_OUTBOX, PresenceStore, from_ms
 from core.settings import Settings
+from core.status import DerivedStatus, OfflineReason
+from core.status_codec import profile_json
 from core.task_stop import cancel_and_wait
+from tests.devices import ALWAYS_OPEN
 
 
 @pytest.fixture
@@ -97,3 +101,25 @@ async def test_a_device_heard_exactly_a_window_ago_is_flagged_stale(store: Prese
     assert str(await store.redis.hget(store.key("edge"), "d:d")).endswith("|1")  # epoch|state|changed|stale
     assert await store.redis.zscore(store.heartbeat_index, "edge/d") is None
     assert await store.redis.zscore(store.heartbeat_index, "fresh/d") == born + 1
+
+
+async def test_a_commit_from_before_another_writers_transition_is_refused(store: PresenceStore) -> None:
+    # Seen in the full churn run: the scheduler committed an unavailability's start; a writer that had
+    # read the same version just before that boundary then committed the old status back (the clock
+    # moves no version), and the next settle announced the unavailability again.
+    rid = "r-aba"
+    await store.set_profiles({rid: profile_json("A", "UTC", ALWAYS_OPEN)})
+    snap = await store.snapshot(rid)
+    now = from_ms(1_800_000_000_000)
+    disconnected = DerivedStatus(restaurant_id=rid, online=False, reason=OfflineReason.DISCONNECTED, since=now)
+    unavailable = DerivedStatus(restaurant_id=rid, online=False, reason=OfflineReason.UNAVAILABLE, detail="HOLIDAY",
+                                since=now + timedelta(seconds=1))  # fmt: skip
+
+    def changed(status: DerivedStatus) -> Event:
+        return Event(type=EventType.STATUS_CHANGED, restaurant_id=rid, data=status.model_dump(mode="json"))
+
+    assert (await store.commit_status(rid, snap.version, disconnected, changed(disconnected)))[0] == 1
+    both_read = (await store.snapshot(rid)).version  # two writers read this version
+    assert (await store.commit_status(rid, both_read, unavailable, changed(unavailable)))[0] == 1  # the boundary
+    late, _ = await store.commit_status(rid, both_read, disconnected, changed(disconnected))  # read before it
+    assert late == -1, "a status computed before the boundary was committed after it"

@@ -4,7 +4,8 @@
 -- Optimistic concurrency on one key: if the facts moved on (another bridge, the scheduler, the API)
 -- the caller re-reads and recomputes. Only a change of the status core (online, reason, detail) is a
 -- transition, so whoever commits it first writes the one STATUS_CHANGED; the others see it equal.
--- Returns -1 stale version, 0 no transition, 1 transition committed (event and retained status queued).
+-- Returns -1 stale version, 0 no transition, 1 transition committed (event and retained status queued;
+-- the version bumped).
 local key = KEYS[1]
 local version = redis.call("HGET", key, "v") or "0"
 if version ~= ARGV[1] then
@@ -14,4 +15,8 @@ if redis.call("HGET", key, "sc") == ARGV[2] then
   return 0
 end
 redis.call("HSET", key, "sc", ARGV[2], "s", ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[3])
+-- A transition moves the version too. Without it, a writer that read the same version before a clock
+-- boundary (an unavailability's start) and commits after another writer committed that boundary
+-- passed the check and put the old status back: one status announced twice in a row, twice over.
+redis.call("HINCRBY", key, "v", 1)
 return 1
