@@ -55,5 +55,9 @@ class Inbox(Generic[T]):
                 resume()
         return batch
 
+    def first(self) -> T | None:
+        """The oldest item waiting, left in place."""
+        return self._items[0] if self._items else None
+
     def __len__(self) -> int:
         return len(self._items)

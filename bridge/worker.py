@@ -78,6 +78,7 @@ class Bridge:
         # restored (else each restaurant's unchanged status would be announced again) and are then all
         # settled once, at the end of the reconciliation.
         self._defer_settles = False
+        self._applying: Inbound | None = None  # the first message of the batch being applied
         self.links: list[BrokerLink] = []
         self._known: set[str] = set()
         self._retained_pending: list[tuple[str, str, MQTTMessageInfo]] = []
@@ -151,7 +152,11 @@ class Bridge:
             batch = await self.inbox.take(self.settings.heartbeat_batch_max, wait_s=self._next_wait())
             self.metrics.queue_depth.set(len(self.inbox))
             if batch:
-                await self._run_batch(partial(self._process, batch), batch)
+                self._applying = batch[0]
+                try:
+                    await self._run_batch(partial(self._process, batch), batch)
+                finally:
+                    self._applying = None
             if self._held_wills:
                 await self._run_batch(self._release_wills, [])
             await self._check_retained()
@@ -415,6 +420,20 @@ class Bridge:
             except Exception:
                 logger.exception("stale sweep failed; retrying at the next tick")
 
+    def _horizon_ms(self) -> int:
+        """The instant up to which the bridge has applied all it received: silence is judged up to there.
+
+        Under a storm the inbox runs seconds behind. A device's graceful stop that waits there is not
+        silence: swept by the wall clock it was marked stale first, and its offline then counted from
+        the window's end rather than from the stop (the full churn run's final stop, a few seconds off).
+        """
+        oldest = time.monotonic()
+        head = self.inbox.first()
+        for msg in (self._applying, head, *(row[0] for _, row in self._held_wills[:1])):
+            if msg is not None:
+                oldest = min(oldest, msg.received)
+        return now_ms() - int((time.monotonic() - oldest) * 1000)
+
     async def _sweep_once(self) -> None:
         """One sweep; also run before every batch of device messages, under one lock with the loop's.
 
@@ -424,7 +443,7 @@ class Bridge:
         """
         window_ms = int(self.settings.stale_after_s * 1000)
         async with self._sweeping:
-            cutoff = now_ms() - window_ms
+            cutoff = self._horizon_ms() - window_ms
             candidates = await self.store.stale_candidates(cutoff)
             if not candidates:
                 return
