@@ -132,7 +132,11 @@ class BrokerLink:
         self._detach()
 
     def _schedule_connect(self, delay: float) -> None:
-        if not self._stopping and (self._reconnect is None or self._reconnect.done()):
+        # The attempt that just failed asks for the next one from inside its own task, which is not done
+        # yet: it must still be replaced. (It was not: a broker still down at the first attempt after a
+        # restart left the bridge disconnected for good, the intermittent broker fault run.)
+        current = self._reconnect
+        if not self._stopping and (current is None or current.done() or current is asyncio.current_task()):
             self._reconnect = asyncio.create_task(self._connect_after(delay), name=f"mqtt-connect-{self.client_id}")
 
     async def _connect_after(self, delay: float) -> None:

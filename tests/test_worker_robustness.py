@@ -3,12 +3,15 @@ background task that ignored its cancellation so the stop never finished, and a 
 device heard exactly a window ago without flagging it."""
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
 from redis.asyncio import Redis
 
+from bridge.inbox import Inbox
+from bridge.mqtt_link import BrokerLink
 from core.messages import DeviceState, Event, EventType
 from core.presence_store import STATUS_OUTBOX, PresenceStore, from_ms
 from core.settings import Settings
@@ -16,6 +19,7 @@ from core.status import DerivedStatus, OfflineReason
 from core.status_codec import profile_json
 from core.task_stop import cancel_and_wait
 from tests.devices import ALWAYS_OPEN
+from tests.helpers import wait_until
 
 
 @pytest.fixture
@@ -123,3 +127,17 @@ async def test_a_commit_from_before_another_writers_transition_is_refused(store:
     assert (await store.commit_status(rid, both_read, unavailable, changed(unavailable)))[0] == 1  # the boundary
     late, _ = await store.commit_status(rid, both_read, disconnected, changed(disconnected))  # read before it
     assert late == -1, "a status computed before the boundary was committed after it"
+
+
+async def test_a_link_keeps_trying_while_its_broker_refuses(settings: Settings) -> None:
+    # A broker restart: the first attempt found the port closed, asked for the next attempt from inside
+    # its own task, and that request was dropped. The bridge stayed disconnected for good.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again below: nothing listens there
+    link = BrokerLink(f"mqtt://127.0.0.1:{port}", 0, settings, "robustness", Inbox())
+    await link.start()
+    try:
+        await wait_until(lambda: link._attempt >= 3, 20, message="the link stopped trying")
+    finally:
+        await link.stop()
