@@ -303,7 +303,7 @@ class Bridge:
         """
         self.metrics.messages.labels("presence").inc(len(items))
         now = now_ms()
-        stamps = [min(now, at + int(held_s * 1000)) for at in _received_ms([row[0] for row in items])]
+        stamps = [min(now, _wall_ms(row[0].received) + int(held_s * 1000)) for row in items]
         rows = []
         for (_msg, rid, did, epoch, state, cause), at in zip(items, stamps, strict=True):
             if state is DeviceState.ONLINE:
@@ -322,7 +322,7 @@ class Bridge:
         # One instant for the batch: its newest message's arrival, so no beat counts from before it came.
         outcome = await self.store.heartbeats(
             [(rid, did, epoch) for _msg, rid, did, epoch in items],
-            at_ms=max(_received_ms([row[0] for row in items])),
+            at_ms=_wall_ms(max(row[0].received for row in items)),
             window_ms=int(self.settings.stale_after_s * 1000),
         )
         self.metrics.ignored.labels("heartbeat").inc(outcome.ignored)
@@ -427,12 +427,8 @@ class Bridge:
         silence: swept by the wall clock it was marked stale first, and its offline then counted from
         the window's end rather than from the stop (the full churn run's final stop, a few seconds off).
         """
-        oldest = time.monotonic()
-        head = self.inbox.first()
-        for msg in (self._applying, head, *(row[0] for _, row in self._held_wills[:1])):
-            if msg is not None:
-                oldest = min(oldest, msg.received)
-        return now_ms() - int((time.monotonic() - oldest) * 1000)
+        waiting = (self._applying, self.inbox.first(), *(row[0] for _, row in self._held_wills[:1]))
+        return _wall_ms(min((msg.received for msg in waiting if msg is not None), default=time.monotonic()))
 
     async def _sweep_once(self) -> None:
         """One sweep; also run before every batch of device messages, under one lock with the loop's.
@@ -527,7 +523,6 @@ class Bridge:
             logger.info("republished %d events left in the outbox by an earlier bridge", recovered)
 
 
-def _received_ms(messages: Sequence[Inbound]) -> list[int]:
-    """Wall-clock milliseconds at which paho read each message (it notes the monotonic clock)."""
-    offset = time.time() - time.monotonic()
-    return [int((msg.received + offset) * 1000) for msg in messages]
+def _wall_ms(monotonic_s: float) -> int:
+    """A `time.monotonic()` instant (paho notes one on every message it reads) as wall-clock milliseconds."""
+    return now_ms() - int((time.monotonic() - monotonic_s) * 1000)
