@@ -33,7 +33,7 @@ from core.messages import DeviceState, Event, EventType, parse_heartbeat, parse_
 from core.presence_store import PresenceStore, ScriptResult, from_ms, now_ms
 from core.settings import Settings
 from core.shards import shard_of
-from core.state_marker import StateMarker
+from core.state_marker import StateLost, StateMarker
 from core.status import DerivedStatus
 from core.status_service import StatusService
 from core.task_stop import cancel_and_wait
@@ -51,6 +51,7 @@ OUTAGES = (
     pymongo.errors.ConnectionFailure,
     ConnectionError,
     TimeoutError,
+    StateLost,  # a commit refused: Redis restarted empty after the batch's check (core/state_marker.py)
 )
 
 PUBLISH_CONCURRENCY = 500  # restaurants whose events are in flight to RabbitMQ at once
@@ -101,7 +102,7 @@ class Bridge:
         self.publisher = EventPublisher(self.settings)
         await self.publisher.open()
         self.store = PresenceStore(redis, self.settings.redis_prefix)
-        self.state = StateMarker(redis, self.settings.redis_prefix)
+        self.state = StateMarker(redis, self.settings.redis_prefix, guarded=self.store, instance=self.instance)
         self.status = StatusService(self.store, self.window)
         self.dead_letters = DeadLetters(self.publisher, redis, self.settings.redis_prefix, self.metrics,
                                         PUBLISH_TIMEOUT_S)  # fmt: skip
@@ -115,7 +116,7 @@ class Bridge:
             # Not `rebuilding` here: a Redis without the marker is more often new than lost, and a new
             # restaurant's first status (DISCONNECTED since its creation) must not wait for the bridge's
             # first convergence, or a birth meanwhile would leave that stretch out of the history.
-            await self.state.mark(self.instance, rebuilding=False)
+            await self.state.mark(rebuilding=False)
             await self._recover_outbox()
             await self.dead_letters.recover()
             self.links = [
@@ -355,14 +356,19 @@ class Bridge:
             return  # _settle_all settles every restaurant when the reconciliation ends
         for start in range(0, len(restaurant_ids), SETTLE_BATCH):
             batch = await self.status.settle_batch(restaurant_ids[start : start + SETTLE_BATCH])
-            for rid, exc in batch.failed.items():
-                if isinstance(exc, OUTAGES):
-                    raise exc  # the whole batch is retried: settling is idempotent
-                logger.error("settling %s failed", rid, exc_info=exc)
+            # What was committed goes out first: a retried settle would find it committed and publish nothing.
             self.metrics.status_changes.inc(len(batch.settled))
             await self._publish_each({rid: [(s.outbox_field, s.event)] for rid, s in batch.settled.items()})
             for rid, settled in batch.settled.items():
                 self._publish_retained(rid, settled.status_json)  # devices hear it even while RabbitMQ is away
+            outage: BaseException | None = None
+            for rid, exc in batch.failed.items():
+                if isinstance(exc, OUTAGES):
+                    outage = exc
+                else:
+                    logger.error("settling %s failed", rid, exc_info=exc)
+            if outage is not None:
+                raise outage  # the whole batch is retried: settling is idempotent
 
     async def _flush_loop(self) -> None:
         """Offer the events held in Redis to RabbitMQ again until it takes them all."""
@@ -413,10 +419,16 @@ class Bridge:
 
     async def _sweep_loop(self) -> None:
         """Mark stale the devices whose last heartbeat is older than the window."""
+        away = False
         while not self._stop.is_set():
             await asyncio.sleep(self.settings.sweep_interval_s)
             try:
                 await self._sweep_once()
+                away = False
+            except OUTAGES as exc:
+                if not away:  # once per outage: the batches log it too
+                    logger.warning("stale sweep: a backing service is away (%s: %s)", type(exc).__name__, exc)
+                away = True
             except Exception:
                 logger.exception("stale sweep failed; retrying at the next tick")
 
@@ -463,7 +475,7 @@ class Bridge:
                 if time.monotonic() - kept > REBUILD_KEEP_S:
                     kept = time.monotonic()
                     with contextlib.suppress(*OUTAGES):
-                        await self.state.keep_rebuilding(self.instance)
+                        await self.state.keep_rebuilding()
                 for link in self.links:
                     if not link.reconciling or link.reconcile_subscribed_at is None:
                         continue
@@ -487,7 +499,7 @@ class Bridge:
                         "Redis lost the platform's state (restarted empty?); reconciling from retained presence"
                     )
                     self._defer_settles = True
-                    await self._run_batch(partial(self.state.mark, self.instance, rebuilding=True), [])
+                    await self._run_batch(partial(self.state.mark, rebuilding=True), [])
                     self._known.clear()
                     for link in self.links:
                         link.begin_reconciliation()

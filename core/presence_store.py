@@ -125,6 +125,13 @@ class PresenceStore:
         self._commit = _load_script(redis, "commit_status.lua")
         self._sweep_remove = _load_script(redis, "sweep_remove.lua")
         self._clear_if_equal = _load_script(redis, "clear_if_equal.lua")
+        self._guard_keys: list[str] = []  # `guard_commits`
+        self._guard_args: list[str] = []
+
+    def guard_commits(self, marker: str, rebuilding: str, instance: str) -> None:
+        """From now on a commit needs `marker` in Redis and no `rebuilding` but `instance`'s (-2 otherwise)."""
+        self._guard_keys = [marker, rebuilding]
+        self._guard_args = [instance]
 
     def key(self, restaurant_id: str) -> str:
         return f"{self.prefix}r:{restaurant_id}"
@@ -252,13 +259,15 @@ class PresenceStore:
     async def commit_status(
         self, restaurant_id: str, version: int, status: DerivedStatus, event: Event
     ) -> tuple[int, str]:
-        """-1: the facts moved on (recompute); 0: no transition; 1: committed with its outbox entry."""
+        """-2: refused by the guard (`guard_commits`); -1: the facts moved on (recompute); 0: no transition;
+        1: committed with its outbox entry."""
         name = outbox_field()
         status_json = status.model_dump_json()  # Settled.status_json must equal this byte for byte
         code = await self._commit(
-            keys=[self.key(restaurant_id)],
-            args=[version, status.core.model_dump_json(), status_json, name, event.model_dump_json(), STATUS_OUTBOX],
-        )
+            keys=[self.key(restaurant_id), *self._guard_keys],
+            args=[version, status.core.model_dump_json(), status_json, name, event.model_dump_json(), STATUS_OUTBOX,
+                  *self._guard_args],
+        )  # fmt: skip
         return int(code), name
 
     async def commit_statuses(
@@ -275,9 +284,9 @@ class PresenceStore:
         async with self.redis.pipeline(transaction=False) as pipe:
             for (rid, version, status, event), name, status_json in zip(commits, names, statuses, strict=True):
                 await self._commit(
-                    keys=[self.key(rid)],
+                    keys=[self.key(rid), *self._guard_keys],
                     args=[version, status.core.model_dump_json(), status_json, name, event.model_dump_json(),
-                          STATUS_OUTBOX],
+                          STATUS_OUTBOX, *self._guard_args],
                     client=pipe,
                 )  # fmt: skip
             replies = await pipe.execute(raise_on_error=False) if commits else []

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from core.messages import Event, EventType, utc_now
 from core.presence_store import PresenceStore, RestaurantSnapshot, parse_profile
 from core.profiles import load_profiles
+from core.state_marker import StateLost
 from core.status import DerivedStatus, derive_status
 
 logger = logging.getLogger(__name__)
@@ -108,6 +109,8 @@ class StatusService:
                 return Settled(status, event, field, status.model_dump_json())
             if code == 0:
                 return None
+            if code == -2:
+                raise StateLost(restaurant_id)
         logger.warning("status of %s kept moving; gave up after %d tries", restaurant_id, MAX_COMMIT_RETRIES)
         return None
 
@@ -147,6 +150,8 @@ class StatusService:
                 out.settled[rid] = Settled(status, event, name, status_json)
             elif code == -1:
                 moved.append(rid)
+            elif code == -2:
+                out.failed[rid] = StateLost(rid)  # the caller waits for the rebuild, then settles it again
         if moved:
             await self._settle_each(moved, now, out)
         return out

@@ -10,8 +10,8 @@ from functools import partial
 from core.clock_queue import ClockQueue
 from core.presence_store import PresenceStore, RestaurantSnapshot, from_ms, now_ms
 from core.settings import Settings
-from core.state_marker import StateMarker
-from core.status_service import Settled, StatusService
+from core.state_marker import StateLost, StateMarker
+from core.status_service import BatchSettled, Settled, StatusService
 from scheduler.metrics import SchedulerMetrics
 from scheduler.rebuild import next_due_ms
 from scheduler.retry import OUTAGES, Abandoned, Retrier
@@ -49,7 +49,7 @@ class Drainer:
         self.acting = acting
         self.lease_ms = int(settings.scheduler_lease_s * 1000)
         self._gate = asyncio.Semaphore(settings.scheduler_concurrency)  # shared by the drain and the rebuild
-        self.state = StateMarker(store.redis, settings.redis_prefix)
+        self.state = StateMarker(store.redis, settings.redis_prefix, guarded=store)
         self._failing: set[str] = set()
 
     async def drain(self) -> None:
@@ -111,8 +111,7 @@ class Drainer:
         One that failed is logged, counted and left out; one that failed because a backing service
         went away meanwhile is settled again on its own, with backoff.
         """
-        await self._wait_for_state()
-        batch = await self.retry(partial(self.status.settle_batch, ids), f"settling {len(ids)} restaurants")
+        batch = await self._settle_when_ready(ids)
         transitions = list(batch.settled.items())
         failed = set(batch.failed)
         outages = [rid for rid, exc in batch.failed.items() if isinstance(exc, OUTAGES)]
@@ -128,6 +127,25 @@ class Drainer:
         for snap in through:
             self._failing.discard(snap.restaurant_id)
         return SettledBatch(transitions, through, batch.unknown)
+
+    async def _settle_when_ready(self, ids: Sequence[str]) -> BatchSettled:
+        """`settle_batch` once the state is ready. What the guard refused (Redis restarted empty after the
+        check, or a bridge began rebuilding it) waits for the rebuild and is settled again."""
+        out = BatchSettled()
+        todo = list(ids)
+        while True:
+            await self._wait_for_state()
+            batch = await self.retry(partial(self.status.settle_batch, todo), f"settling {len(todo)} restaurants")
+            lost = {rid for rid, exc in batch.failed.items() if isinstance(exc, StateLost)}
+            out.settled.update(batch.settled)
+            out.unknown += batch.unknown
+            out.failed.update((rid, exc) for rid, exc in batch.failed.items() if rid not in lost)
+            out.snapshots += [snap for snap in batch.snapshots if snap.restaurant_id not in lost]
+            if not lost:
+                return out
+            logger.warning("%d restaurants not settled: Redis lost its state meanwhile; waiting for the rebuild",
+                           len(lost))  # fmt: skip
+            todo = [rid for rid in todo if rid in lost]
 
     async def _wait_for_state(self) -> None:
         """Settle nothing while a bridge rebuilds Redis's lost state (core/state_marker.py)."""
@@ -146,6 +164,8 @@ class Drainer:
                 return rid, await self.retry(partial(self.status.settle, rid), f"settling {rid}")
             except Abandoned:
                 raise
+            except StateLost:
+                return None, None  # still leased: due again when the lease ends, after the rebuild
             except Exception as exc:
                 self._failed(rid, "settling failed", exc)
                 return None, None

@@ -317,6 +317,49 @@ async def test_redis_restarted_empty_is_rebuilt_from_retained_presence(env: dict
         await asyncio.to_thread(device.stop)
 
 
+async def test_redis_emptied_between_the_check_and_the_commit_announces_nothing_again(
+    env: dict[str, Any], stack: Any
+) -> None:
+    # The bridge checks the state marker before a batch, but Redis can restart empty between that check
+    # and the batch's writes: its client reconnects by itself, so nothing fails. A heartbeat applied to
+    # the empty Redis made the device connected "again", and the bridge announced its restaurant online a
+    # second time (the Redis fault run's intermittent double). The commit's guard refuses it instead.
+    settings, service, tap = env["settings"], env["service"], env["tap"]
+    rid = f"r-gap-{uuid.uuid4().hex[:6]}"
+    secret = await make_restaurant(settings, stack, rid)
+    async with running_bridge(settings) as bridge:
+        device = Device(env["url"], rid, secret)
+        await asyncio.to_thread(device.connect, 4)
+        await wait_until(lambda: _online(service, rid), 10, message="online before the loss")
+        await tap.wait_for(rid, "STATUS_CHANGED")
+        heartbeats = bridge.store.heartbeats
+
+        async def after_a_restart(*args: Any, **kwargs: Any) -> Any:
+            bridge.store.heartbeats = heartbeats  # type: ignore[method-assign]
+            keys = [key async for key in bridge.store.redis.scan_iter(match=f"{settings.redis_prefix}*")]
+            await bridge.store.redis.delete(*keys)  # the batch's check passed; now Redis is empty
+            return await heartbeats(*args, **kwargs)
+
+        bridge.store.heartbeats = after_a_restart  # type: ignore[method-assign]
+
+        async def beating() -> None:  # the device stays alive throughout (the window is 2 s)
+            while True:
+                await asyncio.to_thread(device.heartbeat)
+                await asyncio.sleep(0.5)
+
+        beats = asyncio.create_task(beating())
+        try:
+            await tap.wait_for(rid, "DEVICE_ONLINE", 2)  # a heartbeat did reach the empty Redis
+            await wait_until(lambda: not bridge.converged.is_set(), 10, message="loss never noticed")
+            await wait_until(bridge.converged.is_set, 20, message="never reconverged")
+            await wait_until(lambda: _online(service, rid), 10, message="online after the rebuild")
+            await settle_time(1.0)
+        finally:
+            beats.cancel()
+        assert [e["data"]["online"] for e in tap.of(rid, "STATUS_CHANGED")] == [True]
+        await asyncio.to_thread(device.stop)
+
+
 async def _online(service: StatusService, rid: str) -> bool:
     statuses, _ = await service.current([rid])
     return bool(statuses and statuses[0].online)

@@ -40,11 +40,6 @@ def test_bridge_killed_and_restarted() -> None:
     assert_whole(run_with("kill-bridge"))
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="open bug (issue 5 note, 2026-11-26): the scheduler's part is fixed (core/state_marker.py), but "
-    "1 fresh-clone run in 3 still announced open-00019 online twice, 6.6 s apart, after Redis restarted empty",
-)
 def test_redis_restarted_empty() -> None:
     # A session left silent when Redis was lost counts as heard from at the rebuild: one window more.
     report = run_with("redis", recovery_s=RUN.stale_after_s + 2.0)

@@ -539,14 +539,14 @@ async def test_redis_lost_and_rebuilt_by_the_bridge_announces_nothing_again(env:
     settings, store, tap = env["settings"], env["store"], env["tap"]
     rid = unique("s-lost")
     await make_restaurant(settings, stack, rid)
-    marker = StateMarker(store.redis, settings.redis_prefix)
+    marker = StateMarker(store.redis, settings.redis_prefix, instance="bridge-1")
 
     async def online_device() -> None:
         birth = Event(type=EventType.DEVICE_ONLINE, restaurant_id=rid, device_id="tablet", data={})
         await store.apply_presence([(rid, "tablet", 1, DeviceState.ONLINE, birth)])
 
     await online_device()
-    await marker.mark("bridge-1", rebuilding=False)  # what a running bridge keeps
+    await marker.mark(rebuilding=False)  # what a running bridge keeps
     async with running(settings) as scheduler:
         [first] = await tap.wait_for(rid, "STATUS_CHANGED")
         assert first["data"]["online"]
@@ -561,7 +561,7 @@ async def test_redis_lost_and_rebuilt_by_the_bridge_announces_nothing_again(env:
         await wait_until(profile_back, 20, message="the scheduler did not rebuild")
         await settle_time(1.0)
         assert len(tap.of(rid, "STATUS_CHANGED")) == 1, "settled while Redis held no committed status"
-        await marker.mark("bridge-1", rebuilding=True)  # the bridge notices, restores, converges
+        await marker.mark(rebuilding=True)  # the bridge notices, restores, converges
         await store.restore_statuses({rid: DerivedStatus.model_validate(first["data"])})
         await marker.rebuilt()
         await wait_until(

@@ -15,6 +15,7 @@ from bridge.mqtt_link import BrokerLink
 from core.messages import DeviceState, Event, EventType
 from core.presence_store import STATUS_OUTBOX, PresenceStore, from_ms
 from core.settings import Settings
+from core.state_marker import StateMarker
 from core.status import DerivedStatus, OfflineReason
 from core.status_codec import profile_json
 from core.task_stop import cancel_and_wait
@@ -127,6 +128,34 @@ async def test_a_commit_from_before_another_writers_transition_is_refused(store:
     assert (await store.commit_status(rid, both_read, unavailable, changed(unavailable)))[0] == 1  # the boundary
     late, _ = await store.commit_status(rid, both_read, disconnected, changed(disconnected))  # read before it
     assert late == -1, "a status computed before the boundary was committed after it"
+
+
+async def test_commits_are_guarded_by_the_state_marker_and_another_writers_rebuild(store: PresenceStore) -> None:
+    # core/state_marker.py: a writer's commit needs the marker (Redis restarted empty otherwise) and
+    # no rebuild in progress but its own.
+    rid = "r-guard"
+    await store.set_profiles({rid: profile_json("A", "UTC", ALWAYS_OPEN)})
+    bridge = StateMarker(store.redis, store.prefix, guarded=store, instance="bridge-1")
+    scheduler_store = PresenceStore(store.redis, store.prefix)
+    scheduler = StateMarker(store.redis, store.prefix, guarded=scheduler_store)
+    statuses = [DerivedStatus(restaurant_id=rid, online=online, reason=None if online else OfflineReason.DISCONNECTED,
+                              since=from_ms(1_800_000_000_000 + i)) for i, online in enumerate([True, False, True])]
+
+    async def commit(writer: PresenceStore, status: DerivedStatus) -> int:
+        event = Event(type=EventType.STATUS_CHANGED, restaurant_id=rid, data=status.model_dump(mode="json"))
+        return (await writer.commit_status(rid, (await writer.snapshot(rid)).version, status, event))[0]
+
+    await bridge.mark(rebuilding=False)
+    assert await scheduler.ready()  # the scheduler has seen the marker: guarded from now on
+    assert await commit(scheduler_store, statuses[0]) == 1
+    await store.redis.delete(bridge.marker)  # Redis restarted empty (its hashes would be gone too)
+    assert await commit(store, statuses[1]) == -2
+    assert await commit(scheduler_store, statuses[1]) == -2
+    await bridge.mark(rebuilding=True)  # the bridge noticed and rebuilds: only it may commit
+    assert await commit(scheduler_store, statuses[1]) == -2
+    assert await commit(store, statuses[1]) == 1
+    await bridge.rebuilt()
+    assert await commit(scheduler_store, statuses[2]) == 1
 
 
 async def test_a_link_keeps_trying_while_its_broker_refuses(settings: Settings) -> None:

@@ -1,12 +1,26 @@
 -- Commit a derived status computed from version `expected` of the facts.
--- KEYS[1] restaurant hash
--- ARGV: expected_version, core, status_json, outbox_field, event_json, mqtt_outbox_field
+-- KEYS[1] restaurant hash; optional KEYS[2] the state marker and KEYS[3] the rebuilding key (the
+-- writer's guard, core/state_marker.py).
+-- ARGV: expected_version, core, status_json, outbox_field, event_json, mqtt_outbox_field, and with the
+-- guard the writer's instance (a bridge rebuilding the state may commit; nobody else meanwhile).
 -- Optimistic concurrency on one key: if the facts moved on (another bridge, the scheduler, the API)
 -- the caller re-reads and recomputes. Only a change of the status core (online, reason, detail) is a
 -- transition, so whoever commits it first writes the one STATUS_CHANGED; the others see it equal.
--- Returns -1 stale version, 0 no transition, 1 transition committed (event and retained status queued;
--- the version bumped).
+-- Returns -2 Redis lost the platform's state or is being rebuilt (nothing written), -1 stale version,
+-- 0 no transition, 1 transition committed (event and retained status queued; the version bumped).
 local key = KEYS[1]
+-- The guard. A writer checks the marker before a batch, but Redis can restart empty between that check
+-- and this commit (the client reconnects by itself): the restaurant then has no committed status, and
+-- its unchanged status would be announced again before the rebuild restores it.
+if KEYS[2] and redis.call("EXISTS", KEYS[2]) == 0 then
+  return -2
+end
+if KEYS[3] then
+  local rebuilder = redis.call("GET", KEYS[3])
+  if rebuilder and rebuilder ~= ARGV[7] then
+    return -2
+  end
+end
 local version = redis.call("HGET", key, "v") or "0"
 if version ~= ARGV[1] then
   return -1
