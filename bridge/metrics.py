@@ -46,6 +46,11 @@ class BridgeMetrics:
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=r,
         )
+        self.horizon_lag = Gauge(
+            "bridge_horizon_lag_seconds",
+            "Age of the oldest message received and not yet applied (0 when none): clock boundaries wait for it",
+            registry=r,
+        )
         self.queue_depth = Gauge("bridge_handoff_depth", "Messages waiting between paho and the loop", registry=r)
         self.converged = Gauge("bridge_converged", "1 once the retained presence of every shard is read", registry=r)
         self.reconcile_seconds = Gauge(

@@ -28,6 +28,8 @@ from bridge.mqtt_link import BrokerLink, Inbound
 from core.amqp import EventPublisher
 from core.db import open_mongo
 from core.errors import InvalidMessage
+from core.horizons import PUBLISH_EVERY_S as HORIZON_EVERY_S
+from core.horizons import Horizons
 from core.ids import parse_device_topic, status_topic, status_topic_restaurant
 from core.messages import DeviceState, Event, EventType, parse_heartbeat, parse_presence
 from core.presence_store import PresenceStore, ScriptResult, from_ms, now_ms
@@ -102,6 +104,7 @@ class Bridge:
         self.publisher = EventPublisher(self.settings)
         await self.publisher.open()
         self.store = PresenceStore(redis, self.settings.redis_prefix)
+        self.horizons = Horizons(redis, self.settings.redis_prefix)
         self.state = StateMarker(redis, self.settings.redis_prefix, guarded=self.store, instance=self.instance)
         self.status = StatusService(self.store, self.window)
         self.dead_letters = DeadLetters(self.publisher, redis, self.settings.redis_prefix, self.metrics,
@@ -131,6 +134,7 @@ class Bridge:
                 asyncio.create_task(self._sweep_loop(), name="sweep"),
                 asyncio.create_task(self._convergence_loop(), name="convergence"),
                 asyncio.create_task(self._flush_loop(), name="flush"),
+                asyncio.create_task(self._horizon_loop(), name="horizon"),
             ]
             await self._main_loop()
         finally:
@@ -140,6 +144,8 @@ class Bridge:
     async def close(self, redis: Redis, mongo: object, httpd: object) -> None:
         for link in reversed(self.links):
             await link.stop()
+        with contextlib.suppress(*OUTAGES):  # else it goes stale by itself (core/horizons.py)
+            await asyncio.wait_for(self.horizons.withdraw(self.instance), 2.0)
         await self.publisher.close()
         await redis.aclose()
         await mongo.close()  # type: ignore[attr-defined]
@@ -431,6 +437,15 @@ class Bridge:
                 away = True
             except Exception:
                 logger.exception("stale sweep failed; retrying at the next tick")
+
+    async def _horizon_loop(self) -> None:
+        """Tell the scheduler how far this bridge has applied what it received (core/horizons.py)."""
+        while not self._stop.is_set():
+            horizon = self._horizon_ms()
+            self.metrics.horizon_lag.set(max(0, now_ms() - horizon) / 1000)
+            with contextlib.suppress(*OUTAGES):
+                await self.horizons.publish(self.instance, horizon, now_ms())
+            await asyncio.sleep(HORIZON_EVERY_S)
 
     def _horizon_ms(self) -> int:
         """The instant up to which the bridge has applied all it received: silence is judged up to there.

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from core.clock_queue import ClockQueue
+from core.horizons import Horizons
 from core.presence_store import PresenceStore, RestaurantSnapshot, from_ms, now_ms
 from core.settings import Settings
 from core.state_marker import StateLost, StateMarker
@@ -50,6 +51,7 @@ class Drainer:
         self.lease_ms = int(settings.scheduler_lease_s * 1000)
         self._gate = asyncio.Semaphore(settings.scheduler_concurrency)  # shared by the drain and the rebuild
         self.state = StateMarker(store.redis, settings.redis_prefix, guarded=store)
+        self.horizons = Horizons(store.redis, settings.redis_prefix)
         self._failing: set[str] = set()
 
     async def drain(self) -> None:
@@ -82,7 +84,11 @@ class Drainer:
             await finishing
 
     async def _claim(self) -> tuple[int, list[str]]:
-        at = now_ms()
+        """What is due up to the bridges' horizon: a boundary waits until the device messages received
+        before it are applied (core/horizons.py)."""
+        now = now_ms()
+        at = min(now, await self.horizons.lowest(now))
+        self.metrics.horizon_lag.set((now - at) / 1000)
         return at, await self.clock.claim(at, self.lease_ms, self.settings.scheduler_batch_size)
 
     async def _finish(self, settled: SettledBatch, claimed_at: int, started: float) -> None:

@@ -27,6 +27,11 @@ class SchedulerMetrics:
         self.retained_acked = Counter(
             "scheduler_retained_acked_total", "Retained statuses acknowledged by the broker", registry=r
         )
+        self.horizon_lag = Gauge(
+            "scheduler_horizon_lag_seconds",
+            "How far behind the wall clock the bridges' horizon held the last claim (core/horizons.py)",
+            registry=r,
+        )
         self.retained_pending = Gauge(
             "scheduler_retained_pending", "Retained statuses handed to MQTT and not yet acknowledged", registry=r
         )

@@ -23,6 +23,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 
 from core.clock_queue import ClockQueue
 from core.db import open_mongo
+from core.horizons import PUBLISH_EVERY_S
 from core.presence_store import PresenceStore, from_ms, now_ms
 from core.settings import Settings
 from core.status_service import StatusService
@@ -39,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 STEP_DOWN_WAIT_S = 30.0  # in-flight batches finish within this when the scheduler stops leading
 REDIS_TIMEOUT_S = 10.0
+HORIZON_RECHECK_MS = int(PUBLISH_EVERY_S * 1000)  # a boundary held by a bridge's horizon: claimed again after
 
 
 class Scheduler:
@@ -242,7 +244,10 @@ class Scheduler:
                 return
             try:
                 await self.drainer.drain()
-                self._schedule_due(await self.retry_acting(self.clock.next_due, "reading the next due time"))
+                due = await self.retry_acting(self.clock.next_due, "reading the next due time")
+                if due is not None and due <= now_ms():  # due, but a bridge's horizon is still before it
+                    due = now_ms() + HORIZON_RECHECK_MS
+                self._schedule_due(due)
             except Abandoned:
                 return
             except Exception:

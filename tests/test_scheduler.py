@@ -23,6 +23,8 @@ from core.amqp import EventPublisher
 from core.clock_queue import ClockQueue
 from core.db import open_mongo
 from core.documents import Restaurant, UnavailabilityLog, UnavailabilityRecord
+from core.horizons import STALE_MS as HORIZON_STALE_MS
+from core.horizons import Horizons
 from core.ids import status_topic
 from core.messages import DeviceState, Event, EventType, utc_now
 from core.presence_store import PresenceStore, RestaurantSnapshot, now_ms, outbox_field
@@ -572,3 +574,55 @@ async def test_redis_lost_and_rebuilt_by_the_bridge_announces_nothing_again(env:
         due = await store.redis.zscore(f"{settings.redis_prefix}due", rid)
         assert due is None or due > now_ms() + 60_000, "never settled again"  # queued at its next boundary
     assert_once_on_both_queues(env, rid, [None])
+
+
+async def test_a_boundary_waits_for_the_bridges_to_apply_what_they_received_before_it(
+    env: dict[str, Any], stack: Any
+) -> None:
+    # A bridge seconds behind (the final stop of thousands of devices) applied a graceful stop received
+    # before an unavailability's start only after the scheduler had committed the start: the stop could
+    # not go in before it, and the restaurant's offline stretch was lost from the history (the full churn
+    # run's ranking misses). Now the scheduler claims nothing past the lowest live bridge's horizon.
+    settings, store, tap = env["settings"], env["store"], env["tap"]
+    rid = unique("s-horizon")
+    await make_restaurant(settings, stack, rid)
+    horizons = Horizons(store.redis, settings.redis_prefix)
+    async with running(settings) as scheduler:
+        await tap.wait_for(rid, "STATUS_CHANGED")
+        start = whole_ms(utc_now() + timedelta(seconds=1))
+        behind = now_ms() - 2_000  # what the slow bridge has applied everything up to
+        caught_up = asyncio.Event()
+
+        async def slow_bridge() -> None:
+            while not caught_up.is_set():
+                await horizons.publish("slow-bridge", behind, now_ms())
+                await asyncio.sleep(0.2)
+            await horizons.publish("slow-bridge", now_ms(), now_ms())
+
+        publishing = asyncio.create_task(slow_bridge())
+        try:
+            await add_unavailability(env, rid, start, start + timedelta(seconds=60))
+            await settle_time((start - utc_now()).total_seconds() + 1.5)
+            assert reasons(tap.of(rid, "STATUS_CHANGED")) == ["DISCONNECTED"], "claimed past the bridge's horizon"
+            assert (scheduler.metrics.registry.get_sample_value("scheduler_horizon_lag_seconds") or 0.0) > 2.0
+            caught_up.set()
+            await publishing
+            changed = await tap.wait_for(rid, "STATUS_CHANGED", 2, timeout=10)
+        finally:
+            caught_up.set()
+            await publishing
+            await horizons.withdraw("slow-bridge")
+        assert reasons(changed) == ["DISCONNECTED", "UNAVAILABLE"]
+        assert since(changed[1]) == start  # committed late, at its own instant
+
+
+async def test_a_bridge_that_stopped_publishing_its_horizon_holds_nothing_back(env: dict[str, Any]) -> None:
+    settings, store = env["settings"], env["store"]
+    horizons = Horizons(store.redis, f"{settings.redis_prefix}{unique('h')}:")
+    now = now_ms()
+    await horizons.publish("live", now - 1_000, now)
+    await horizons.publish("killed", now - 60_000, now - HORIZON_STALE_MS - 1)
+    assert await horizons.lowest(now) == now - 1_000
+    assert await store.redis.hkeys(horizons.key) == ["live"]  # the dead entry is gone
+    await horizons.withdraw("live")
+    assert await horizons.lowest(now) == now
