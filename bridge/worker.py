@@ -322,21 +322,22 @@ class Bridge:
             rows.append((rid, did, epoch, state, event))
         results = await self.store.apply_presence(rows, stamps=stamps)
         self.metrics.ignored.labels("presence").inc(sum(1 for r in results if r.code == 0))
-        await self._after_transitions([(row[0], res) for row, res in zip(rows, results, strict=True)])
+        await self._after_transitions([(row[0], res) for row, res in zip(rows, results, strict=True)], max(stamps))
 
     async def _apply_heartbeats(self, items: Sequence[tuple[Inbound, str, str, int]]) -> None:
         self.metrics.messages.labels("heartbeat").inc(len(items))
         # One instant for the batch: its newest message's arrival, so no beat counts from before it came.
+        at = _wall_ms(max(row[0].received for row in items))
         outcome = await self.store.heartbeats(
-            [(rid, did, epoch) for _msg, rid, did, epoch in items],
-            at_ms=_wall_ms(max(row[0].received for row in items)),
+            [(rid, did, epoch) for _msg, rid, did, epoch in items], at_ms=at,
             window_ms=int(self.settings.stale_after_s * 1000),
-        )
+        )  # fmt: skip
         self.metrics.ignored.labels("heartbeat").inc(outcome.ignored)
-        await self._after_transitions(outcome.transitions)
+        await self._after_transitions(outcome.transitions, at)
 
-    async def _after_transitions(self, results: Sequence[tuple[str, ScriptResult]]) -> None:
-        """Publish each restaurant's device events in order, then settle the batch's restaurants together."""
+    async def _after_transitions(self, results: Sequence[tuple[str, ScriptResult]], as_of_ms: int) -> None:
+        """Publish each restaurant's device events in order, then settle the batch's restaurants together,
+        as of the batch's own instant (`_settle`)."""
         per_restaurant: dict[str, list[tuple[str, Event]]] = defaultdict(list)
         for rid, res in results:
             if res.code == 2:
@@ -346,14 +347,18 @@ class Bridge:
         if not per_restaurant:
             return
         await self._publish_each(per_restaurant)
-        await self._settle(list(per_restaurant))
+        await self._settle(list(per_restaurant), as_of_ms)
 
     async def _publish_each(self, per_restaurant: dict[str, list[tuple[str, Event]]]) -> None:
         """Each restaurant's events in order; the restaurants at once, so their confirms overlap."""
         await self.outbox.publish(per_restaurant, PUBLISH_CONCURRENCY)
 
-    async def _settle(self, restaurant_ids: Sequence[str]) -> None:
+    async def _settle(self, restaurant_ids: Sequence[str], as_of_ms: int | None = None) -> None:
         """Settle restaurants as one batch (one pipelined read, one of commits; `StatusService.settle_batch`).
+
+        As of `as_of_ms` (the receipt of the facts just applied; `core.status_service.as_of`), not the
+        wall clock: seconds behind its devices, the bridge would otherwise let a clock boundary that came
+        after a fact's arrival hide the status that fact began.
 
         Births once settled one restaurant at a time, each waiting for its own confirms: 200-300 births
         per second, too slow for a storm of 100,000 connections in a minute.
@@ -361,7 +366,9 @@ class Bridge:
         if self._defer_settles:
             return  # _settle_all settles every restaurant when the reconciliation ends
         for start in range(0, len(restaurant_ids), SETTLE_BATCH):
-            batch = await self.status.settle_batch(restaurant_ids[start : start + SETTLE_BATCH])
+            batch = await self.status.settle_batch(
+                restaurant_ids[start : start + SETTLE_BATCH], None if as_of_ms is None else from_ms(as_of_ms)
+            )
             # What was committed goes out first: a retried settle would find it committed and publish nothing.
             self.metrics.status_changes.inc(len(batch.settled))
             await self._publish_each({rid: [(s.outbox_field, s.event)] for rid, s in batch.settled.items()})
@@ -478,7 +485,9 @@ class Bridge:
             ]
             results = await self.store.mark_stale(rows, cutoff)
             self.metrics.stale_marked.inc(sum(1 for r in results if r.code == 2))
-            await self._after_transitions([(row[0], res) for row, res in zip(rows, results, strict=True)])
+            # As of the horizon the silence was judged up to, not later (see `_settle`).
+            await self._after_transitions([(row[0], res) for row, res in zip(rows, results, strict=True)],
+                                          cutoff + window_ms)  # fmt: skip
 
     async def _convergence_loop(self) -> None:
         """Say when every shard's retained presence has been read; read it again if Redis loses it."""

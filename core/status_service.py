@@ -40,6 +40,22 @@ class BatchSettled:
     failed: dict[str, Exception] = field(default_factory=dict)  # not settled; the caller decides what next
 
 
+def as_of(snap: RestaurantSnapshot, at: datetime) -> datetime:
+    """`at`, or later where the restaurant's facts or committed status are newer.
+
+    A bridge behind its devices settles a batch as of the batch's receipt (`settle_batch(now=...)`), not
+    the wall clock: a graceful stop received before an unavailability's start but applied after it must
+    still commit its DISCONNECTED stretch. A status is never derived for an instant before facts Redis
+    already holds (another bridge's, newer) or before the status it would follow.
+    """
+    times = [at]
+    if snap.last_status is not None and snap.last_status.since is not None:
+        times.append(snap.last_status.since)
+    for device in snap.devices:
+        times.extend(t for t in (device.changed_at, device.last_seen) if t is not None)
+    return max(times)
+
+
 class StatusService:
     """The one place live status is computed, for the API, the bridge and the scheduler alike."""
 
@@ -98,7 +114,7 @@ class StatusService:
             snap = await self.store.snapshot(restaurant_id)
             if await self.fill_profiles([snap]):
                 return None
-            status = self.derive(snap, now or utc_now())
+            status = self.derive(snap, as_of(snap, now) if now else utc_now())
             event = Event(
                 type=EventType.STATUS_CHANGED,
                 restaurant_id=restaurant_id,
@@ -134,7 +150,7 @@ class StatusService:
                 continue
             out.snapshots.append(snap)
             try:
-                status = self.derive(snap, at)
+                status = self.derive(snap, as_of(snap, now) if now else at)
             except Exception as exc:
                 out.failed[snap.restaurant_id] = exc
                 continue

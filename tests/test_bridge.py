@@ -5,9 +5,11 @@ import json
 import os
 import signal
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -20,8 +22,10 @@ from bridge.worker import Bridge
 from core.db import open_mongo
 from core.presence_store import PresenceStore
 from core.settings import Settings
+from core.status import Unavailability, UnavailabilityReason
+from core.status_codec import profile_json
 from core.status_service import StatusService
-from tests.devices import ALWAYS_CLOSED, Device, EventTap, make_restaurant, settle_time
+from tests.devices import ALWAYS_CLOSED, ALWAYS_OPEN, Device, EventTap, make_restaurant, settle_time
 from tests.helpers import wait_until
 from tests.tcp_cut import CuttableRelay
 
@@ -60,7 +64,7 @@ async def env(request: pytest.FixtureRequest, settings: Settings, stack: Any) ->
     )
     mongo = await open_mongo(fast)
     redis = Redis.from_url(fast.redis_url, decode_responses=True)
-    service = StatusService(PresenceStore(redis, fast.redis_prefix), __import__("datetime").timedelta(seconds=2))
+    service = StatusService(PresenceStore(redis, fast.redis_prefix), timedelta(seconds=2))
     async with EventTap(fast) as tap:
         yield {"settings": fast, "tap": tap, "service": service, "url": url}
     await redis.aclose()
@@ -358,6 +362,36 @@ async def test_redis_emptied_between_the_check_and_the_commit_announces_nothing_
             beats.cancel()
         assert [e["data"]["online"] for e in tap.of(rid, "STATUS_CHANGED")] == [True]
         await asyncio.to_thread(device.stop)
+
+
+async def test_a_stop_applied_after_a_boundary_it_preceded_keeps_its_stretch(env: dict[str, Any], stack: Any) -> None:
+    # Seconds behind its devices (the full churn run's final stop), the bridge applied a graceful stop
+    # received before an unavailability's start only after the start, and settled by the wall clock it
+    # went straight to UNAVAILABLE: the DISCONNECTED stretch before the start never reached the history.
+    # It now settles a batch as of the batch's receipt.
+    settings, service, tap = env["settings"], env["service"], env["tap"]
+    rid = f"r-late-{uuid.uuid4().hex[:6]}"
+    secret = await make_restaurant(settings, stack, rid)
+    async with running_bridge(settings) as bridge:
+        device = Device(env["url"], rid, secret)
+        await asyncio.to_thread(device.connect, 3)
+        await wait_until(lambda: _online(service, rid), 10, message="online")
+        await tap.wait_for(rid, "STATUS_CHANGED")
+        start = datetime.fromtimestamp(round(time.time() + 1.0, 3), UTC)
+        holiday = Unavailability(start=start, end=start + timedelta(hours=1), reason=UnavailabilityReason.HOLIDAY)
+        await bridge.store.set_profiles({rid: profile_json("A", "UTC", ALWAYS_OPEN, [holiday])})
+        apply_presence = bridge.store.apply_presence
+
+        async def behind(*args: Any, **kwargs: Any) -> Any:  # a backlog: applied after the start
+            await asyncio.sleep(max(0.0, (start - datetime.now(UTC)).total_seconds()) + 0.5)
+            return await apply_presence(*args, **kwargs)
+
+        bridge.store.apply_presence = behind  # type: ignore[method-assign]
+        await asyncio.to_thread(device.graceful)
+        assert datetime.now(UTC) < start, "the machine was too slow for this test's 1 s"
+        changed = await tap.wait_for(rid, "STATUS_CHANGED", 2, timeout=10)
+        assert changed[1]["data"]["reason"] == "DISCONNECTED"
+        assert datetime.fromisoformat(changed[1]["data"]["since"]) < start
 
 
 async def _online(service: StatusService, rid: str) -> bool:

@@ -5,22 +5,28 @@ device heard exactly a window ago without flagging it."""
 import asyncio
 import socket
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from redis.asyncio import Redis
 
 from bridge.inbox import Inbox
 from bridge.mqtt_link import BrokerLink
+from core.history_store import to_ms
 from core.messages import DeviceState, Event, EventType
 from core.presence_store import STATUS_OUTBOX, PresenceStore, from_ms
 from core.settings import Settings
 from core.state_marker import StateMarker
 from core.status import DerivedStatus, OfflineReason
 from core.status_codec import profile_json
+from core.status_service import StatusService
 from core.task_stop import cancel_and_wait
 from tests.devices import ALWAYS_OPEN
 from tests.helpers import wait_until
+
+
+def whole_ms(at: datetime) -> datetime:
+    return from_ms(to_ms(at))
 
 
 @pytest.fixture
@@ -156,6 +162,26 @@ async def test_commits_are_guarded_by_the_state_marker_and_another_writers_rebui
     assert await commit(store, statuses[1]) == 1
     await bridge.rebuilt()
     assert await commit(scheduler_store, statuses[2]) == 1
+
+
+async def test_a_settle_as_of_an_instant_before_the_facts_redis_holds_is_taken_as_of_the_facts(
+    store: PresenceStore,
+) -> None:
+    # A bridge settles a batch as of its receipt (core.status_service.as_of); another writer may have
+    # applied newer facts to the same restaurant meanwhile. Derived at the older instant, a device that
+    # went offline later read as disconnected since the restaurant opened.
+    rid = "r-as-of"
+    await store.set_profiles({rid: profile_json("A", "UTC", ALWAYS_OPEN)})
+    service = StatusService(store, timedelta(seconds=120))
+    now = whole_ms(datetime.now(UTC))
+    born, stopped = now - timedelta(seconds=60), now - timedelta(seconds=5)
+    online = Event(type=EventType.DEVICE_ONLINE, restaurant_id=rid, device_id="d", ts=born)
+    await store.apply_presence([(rid, "d", 1, DeviceState.ONLINE, online)], at_ms=to_ms(born))
+    stop = Event(type=EventType.DEVICE_OFFLINE, restaurant_id=rid, device_id="d", ts=stopped)
+    await store.apply_presence([(rid, "d", 1, DeviceState.OFFLINE, stop)], at_ms=to_ms(stopped))
+    batch = await service.settle_batch([rid], stopped - timedelta(seconds=10))  # a writer behind the facts
+    status = batch.settled[rid].status
+    assert (status.reason, status.since) == (OfflineReason.DISCONNECTED, stopped)
 
 
 async def test_a_link_keeps_trying_while_its_broker_refuses(settings: Settings) -> None:
