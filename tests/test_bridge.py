@@ -34,6 +34,9 @@ RID = {name: f"{name}-{uuid.uuid4().hex[:6]}" for name in
        ("r-life", "r-two", "r-stale", "r-closed", "r-bad", "r-keep", "r-gone", "r-take", "r-away")}
 
 
+ONE_BROKER = pytest.mark.parametrize("env", ["mosquitto"], indirect=True)
+
+
 @asynccontextmanager
 async def running_bridge(settings: Settings, instance: str | None = None) -> AsyncIterator[Bridge]:
     bridge = Bridge(settings, instance or uuid.uuid4().hex[:8])
@@ -321,6 +324,7 @@ async def test_redis_restarted_empty_is_rebuilt_from_retained_presence(env: dict
         await asyncio.to_thread(device.stop)
 
 
+@ONE_BROKER  # Redis and the settle, not the broker
 async def test_redis_emptied_between_the_check_and_the_commit_announces_nothing_again(
     env: dict[str, Any], stack: Any
 ) -> None:
@@ -364,6 +368,7 @@ async def test_redis_emptied_between_the_check_and_the_commit_announces_nothing_
         await asyncio.to_thread(device.stop)
 
 
+@ONE_BROKER  # Redis and the settle, not the broker
 async def test_a_stop_applied_after_a_boundary_it_preceded_keeps_its_stretch(env: dict[str, Any], stack: Any) -> None:
     # Seconds behind its devices (the full churn run's final stop), the bridge applied a graceful stop
     # received before an unavailability's start only after the start, and settled by the wall clock it
