@@ -64,6 +64,7 @@ REBUILD_KEEP_S = 30.0  # how often a long reconciliation renews its `rebuilding`
 REDIS_WATCH_S = 1.0  # how often the marker key is checked for a Redis that lost its state
 PUBLISH_TIMEOUT_S = 2.0  # a confirm slower than this: RabbitMQ is taken as away, events wait in Redis
 FLUSH_EVERY_S = 0.5  # how often events held in Redis are offered to RabbitMQ again
+STOP_FLUSH_S = 5.0  # at the stop, the held events' last offer to RabbitMQ, and closing the connection
 
 
 class Bridge:
@@ -89,9 +90,20 @@ class Bridge:
         self._retained_after_start: list[tuple[str, str]] = []
         self._held_wills: list[tuple[float, PresenceRow]] = []
         self._sweeping = asyncio.Lock()
+        self._stop_at: float | None = None
+        self._gave_up = False
 
     def request_stop(self) -> None:
+        if self._stop_at is None:
+            self._stop_at = time.monotonic()
         self._stop.set()
+
+    def _giving_up(self) -> bool:
+        """Stopping, and a backing service has been away for `bridge_stop_give_up_s` since the stop."""
+        if self._gave_up or self._stop_at is None:
+            return self._gave_up
+        self._gave_up = time.monotonic() - self._stop_at >= self.settings.bridge_stop_give_up_s
+        return self._gave_up
 
     async def run(self) -> None:
         self.inbox: Inbox[Inbound] = Inbox()
@@ -146,7 +158,8 @@ class Bridge:
             await link.stop()
         with contextlib.suppress(*OUTAGES):  # else it goes stale by itself (core/horizons.py)
             await asyncio.wait_for(self.horizons.withdraw(self.instance), 2.0)
-        await self.publisher.close()
+        with contextlib.suppress(*OUTAGES):  # RabbitMQ away (or the close timed out): nothing to close cleanly
+            await asyncio.wait_for(self.publisher.close(), STOP_FLUSH_S)
         await redis.aclose()
         await mongo.close()  # type: ignore[attr-defined]
         if httpd is not None:
@@ -171,13 +184,18 @@ class Bridge:
         # acknowledged and their retained statuses published; then disconnect.
         for link in self.links:
             link.pause_reading()
-        while batch := await self.inbox.take(self.settings.heartbeat_batch_max, wait_s=0):
+        while not self._gave_up and (batch := await self.inbox.take(self.settings.heartbeat_batch_max, wait_s=0)):
             await self._run_batch(partial(self._process, batch), batch)
-        await self._run_batch(partial(self._release_wills, everything=True), [])
+        if self._gave_up:
+            logger.warning("stopping with a backing service away: %d message(s) and %d held will(s) left "
+                           "unacknowledged; this bridge's MQTT session keeps them for the next start",
+                           len(self.inbox), len(self._held_wills))  # fmt: skip
+        else:
+            await self._run_batch(partial(self._release_wills, everything=True), [])
         if self.outbox.backlog:
-            try:
-                await self.outbox.flush()  # what still waits stays in Redis for the next bridge's start
-            except OUTAGES as exc:
+            try:  # what still waits stays in Redis for the next bridge's start
+                await asyncio.wait_for(self.outbox.flush(), STOP_FLUSH_S)
+            except OUTAGES as exc:  # TimeoutError among them
                 logger.warning("events left in Redis for the next bridge: %s", exc)
         await self._check_retained(wait=True)
         for link in self.links:
@@ -214,6 +232,8 @@ class Bridge:
                 break
             except OUTAGES as exc:
                 self.metrics.retries.inc()
+                if self._giving_up():
+                    return  # not acknowledged: the broker keeps the batch in this bridge's session
                 if delay == 0.2:
                     logger.warning("a backing service is away (%s: %s); retrying the batch", type(exc).__name__, exc)
                 await asyncio.sleep(delay)

@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     mqtt_shared_group: str = "bridge"
     # A restarted bridge finds what arrived meanwhile in its MQTT 5 session if it returns within this.
     bridge_session_expiry_s: float = 60.0
+    # After SIGTERM, a batch that still meets an outage for this long is left unacknowledged (its
+    # session keeps it for the next bridge) and the bridge exits.
+    bridge_stop_give_up_s: float = 30.0
     # "auto": MQTT 5 shared subscriptions where the broker speaks MQTT 5, plain 3.1.1 elsewhere.
     mqtt_protocol: str = "auto"
     mosquitto_passwd_file: Path = Path("var/mosquitto/passwd")

@@ -399,6 +399,55 @@ async def test_a_stop_applied_after_a_boundary_it_preceded_keeps_its_stretch(env
         assert datetime.fromisoformat(changed[1]["data"]["since"]) < start
 
 
+def _through(url: str, relay: CuttableRelay) -> str:
+    parts = urlsplit(url)
+    return url.replace(f":{parts.port}", f":{relay.port}", 1)
+
+
+@ONE_BROKER  # Redis and RabbitMQ, not the broker
+async def test_sigterm_while_redis_and_rabbitmq_are_away_exits_and_loses_nothing(
+    env: dict[str, Any], stack: Any
+) -> None:
+    # A bridge asked to stop while both were away retried its drained batch without end and needed
+    # SIGKILL. It now gives up after `bridge_stop_give_up_s`, leaves the batch unacknowledged in its
+    # MQTT session, and exits; the next bridge of that session applies it.
+    settings, tap = env["settings"], env["tap"]
+    redis_at, amqp_at = urlsplit(settings.redis_url), urlsplit(settings.amqp_url)
+    relays = [CuttableRelay(redis_at.hostname or "127.0.0.1", redis_at.port or 6379),
+              CuttableRelay(amqp_at.hostname or "127.0.0.1", amqp_at.port or 5672)]  # fmt: skip
+    for relay in relays:
+        await relay.open()
+    cut = settings.model_copy(update={"redis_url": _through(settings.redis_url, relays[0]),
+                                      "amqp_url": _through(settings.amqp_url, relays[1]),
+                                      "bridge_stop_give_up_s": 1.0, "stale_after_s": 60.0})  # fmt: skip
+    rid, instance = f"r-term-{uuid.uuid4().hex[:6]}", uuid.uuid4().hex[:8]
+    secret = await make_restaurant(cut, stack, rid)
+    try:
+        bridge = Bridge(cut, instance)
+        task = asyncio.create_task(bridge.run())
+        await wait_until(lambda: bridge.converged.is_set() or task.done(), 20, message="bridge never converged")
+        device = Device(env["url"], rid, secret)
+        await asyncio.to_thread(device.connect, 1)
+        await tap.wait_for(rid, "STATUS_CHANGED")
+        for relay in relays:
+            await relay.cut()
+        await asyncio.to_thread(device.graceful)
+        await wait_until(lambda: (bridge.metrics.registry.get_sample_value("bridge_batch_retries_total") or 0) > 0,
+                         10, message="the stop never met the outage")  # fmt: skip
+        bridge.request_stop()
+        await asyncio.wait_for(task, 20)  # it used to run on until killed
+        for relay in relays:
+            await relay.open()
+        async with running_bridge(cut, instance):  # the same session
+            [offline] = await tap.wait_for(rid, "DEVICE_OFFLINE", timeout=20)
+            changed = await tap.wait_for(rid, "STATUS_CHANGED", 2, timeout=20)
+        assert offline["data"]["cause"] == "graceful"
+        assert changed[1]["data"]["reason"] == "DISCONNECTED"
+    finally:
+        for relay in relays:
+            await relay.close()
+
+
 async def _online(service: StatusService, rid: str) -> bool:
     statuses, _ = await service.current([rid])
     return bool(statuses and statuses[0].online)
