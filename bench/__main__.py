@@ -83,8 +83,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-class Interrupted(BaseException):
-    """SIGTERM or Ctrl-C: unwinds through every `finally`, so each server and process is stopped by PID."""
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or Ctrl-C: unwinds through every `finally`, so each server and process is stopped by PID.
+
+    A KeyboardInterrupt, because asyncio lets only that and SystemExit out of a task: raised inside one
+    of a run's tasks, a plain BaseException only ended that task, and the run went on.
+    """
 
 
 def _terminate(signum: int, _frame: FrameType | None) -> None:

@@ -70,7 +70,7 @@ class Drainer:
                 self.metrics.claimed.inc(len(ids))
                 self.metrics.batch_size.observe(len(ids))
                 started = time.perf_counter()
-                settled = await self._settle(ids)
+                settled = await self._settle(ids, claimed_at)
                 if finishing is not None:
                     await finishing
                 finishing = asyncio.create_task(self._finish(settled, claimed_at, started), name="drain-finish")
@@ -111,13 +111,18 @@ class Drainer:
         await self.publisher.publish_settled(settled.transitions, self.retry)
         return [snap.restaurant_id for snap in settled.through]
 
-    async def _settle(self, ids: Sequence[str]) -> SettledBatch:
+    async def _settle(self, ids: Sequence[str], as_of_ms: int | None = None) -> SettledBatch:
         """Settle a batch with `StatusService.settle_batch`: its transitions, to publish together.
+
+        A claim is settled as of its instant (`core.status_service.as_of`): the bridges' horizon, not the
+        wall clock. By the wall clock, a boundary held back by a bridge's backlog was settled together with
+        whatever came after it (a new restaurant's first DISCONNECTED skipped to the end of an
+        unavailability; a device's window ran out before its graceful stop, still in the backlog, counted).
 
         One that failed is logged, counted and left out; one that failed because a backing service
         went away meanwhile is settled again on its own, with backoff.
         """
-        batch = await self._settle_when_ready(ids)
+        batch = await self._settle_when_ready(ids, as_of_ms)
         transitions = list(batch.settled.items())
         failed = set(batch.failed)
         outages = [rid for rid, exc in batch.failed.items() if isinstance(exc, OUTAGES)]
@@ -134,14 +139,16 @@ class Drainer:
             self._failing.discard(snap.restaurant_id)
         return SettledBatch(transitions, through, batch.unknown)
 
-    async def _settle_when_ready(self, ids: Sequence[str]) -> BatchSettled:
+    async def _settle_when_ready(self, ids: Sequence[str], as_of_ms: int | None) -> BatchSettled:
         """`settle_batch` once the state is ready. What the guard refused (Redis restarted empty after the
         check, or a bridge began rebuilding it) waits for the rebuild and is settled again."""
         out = BatchSettled()
         todo = list(ids)
+        as_of = None if as_of_ms is None else from_ms(as_of_ms)
         while True:
             await self._wait_for_state()
-            batch = await self.retry(partial(self.status.settle_batch, todo), f"settling {len(todo)} restaurants")
+            batch = await self.retry(partial(self.status.settle_batch, todo, as_of),
+                                     f"settling {len(todo)} restaurants")  # fmt: skip
             lost = {rid for rid, exc in batch.failed.items() if isinstance(exc, StateLost)}
             out.settled.update(batch.settled)
             out.unknown += batch.unknown
