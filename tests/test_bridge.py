@@ -301,15 +301,25 @@ async def test_takeover_never_shows_a_false_offline(env: dict[str, Any], stack: 
 
 
 
-async def test_redis_restarted_empty_is_rebuilt_from_retained_presence(env: dict[str, Any], stack: Any) -> None:
+@asynccontextmanager
+async def bridge_with_online_device(
+    env: dict[str, Any], stack: Any, name: str
+) -> AsyncIterator[tuple[Bridge, Device, str]]:
+    """A bridge, and a new restaurant `name-…` whose device is online (its STATUS_CHANGED heard)."""
     settings, service, tap = env["settings"], env["service"], env["tap"]
-    rid = f"r-lost-{uuid.uuid4().hex[:6]}"
+    rid = f"{name}-{uuid.uuid4().hex[:6]}"
     secret = await make_restaurant(settings, stack, rid)
     async with running_bridge(settings) as bridge:
         device = Device(env["url"], rid, secret)
         await asyncio.to_thread(device.connect, 4)
-        await wait_until(lambda: _online(service, rid), 10, message="online before the loss")
+        await wait_until(lambda: _online(service, rid), 10, message="online")
         await tap.wait_for(rid, "STATUS_CHANGED")
+        yield bridge, device, rid
+
+
+async def test_redis_restarted_empty_is_rebuilt_from_retained_presence(env: dict[str, Any], stack: Any) -> None:
+    settings, service, tap = env["settings"], env["service"], env["tap"]
+    async with bridge_with_online_device(env, stack, "r-lost") as (bridge, device, rid):
         redis = Redis.from_url(settings.redis_url)
         async for key in redis.scan_iter(match=f"{settings.redis_prefix}*"):
             await redis.delete(key)  # this test's whole namespace: Redis as if restarted empty
@@ -333,13 +343,7 @@ async def test_redis_emptied_between_the_check_and_the_commit_announces_nothing_
     # the empty Redis made the device connected "again", and the bridge announced its restaurant online a
     # second time (the Redis fault run's intermittent double). The commit's guard refuses it instead.
     settings, service, tap = env["settings"], env["service"], env["tap"]
-    rid = f"r-gap-{uuid.uuid4().hex[:6]}"
-    secret = await make_restaurant(settings, stack, rid)
-    async with running_bridge(settings) as bridge:
-        device = Device(env["url"], rid, secret)
-        await asyncio.to_thread(device.connect, 4)
-        await wait_until(lambda: _online(service, rid), 10, message="online before the loss")
-        await tap.wait_for(rid, "STATUS_CHANGED")
+    async with bridge_with_online_device(env, stack, "r-gap") as (bridge, device, rid):
         heartbeats = bridge.store.heartbeats
 
         async def after_a_restart(*args: Any, **kwargs: Any) -> Any:
@@ -374,14 +378,8 @@ async def test_a_stop_applied_after_a_boundary_it_preceded_keeps_its_stretch(env
     # received before an unavailability's start only after the start, and settled by the wall clock it
     # went straight to UNAVAILABLE: the DISCONNECTED stretch before the start never reached the history.
     # It now settles a batch as of the batch's receipt.
-    settings, service, tap = env["settings"], env["service"], env["tap"]
-    rid = f"r-late-{uuid.uuid4().hex[:6]}"
-    secret = await make_restaurant(settings, stack, rid)
-    async with running_bridge(settings) as bridge:
-        device = Device(env["url"], rid, secret)
-        await asyncio.to_thread(device.connect, 3)
-        await wait_until(lambda: _online(service, rid), 10, message="online")
-        await tap.wait_for(rid, "STATUS_CHANGED")
+    tap = env["tap"]
+    async with bridge_with_online_device(env, stack, "r-late") as (bridge, device, rid):
         start = datetime.fromtimestamp(round(time.time() + 1.0, 3), UTC)
         holiday = Unavailability(start=start, end=start + timedelta(hours=1), reason=UnavailabilityReason.HOLIDAY)
         await bridge.store.set_profiles({rid: profile_json("A", "UTC", ALWAYS_OPEN, [holiday])})
