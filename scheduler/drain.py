@@ -83,12 +83,17 @@ class Drainer:
         if finishing is not None:
             await finishing
 
-    async def _claim(self) -> tuple[int, list[str]]:
-        """What is due up to the bridges' horizon: a boundary waits until the device messages received
-        before it are applied (core/horizons.py)."""
+    async def instant(self) -> int:
+        """Now, or the bridges' horizon if it is earlier: the clock goes no further than the device
+        messages received before it are applied (core/horizons.py)."""
         now = now_ms()
         at = min(now, await self.horizons.lowest(now))
         self.metrics.horizon_lag.set((now - at) / 1000)
+        return at
+
+    async def _claim(self) -> tuple[int, list[str]]:
+        """What is due up to `instant`."""
+        at = await self.instant()
         return at, await self.clock.claim(at, self.lease_ms, self.settings.scheduler_batch_size)
 
     async def _finish(self, settled: SettledBatch, claimed_at: int, started: float) -> None:
@@ -105,9 +110,9 @@ class Drainer:
         await self.retry(partial(self.clock.reschedule, claimed_at + self.lease_ms, next_due), "rescheduling")
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
 
-    async def settle_many(self, ids: Sequence[str]) -> list[str]:
+    async def settle_many(self, ids: Sequence[str], as_of_ms: int | None = None) -> list[str]:
         """Settle the restaurants and publish what changed; returns those that went through (the rebuild's path)."""
-        settled = await self._settle(ids)
+        settled = await self._settle(ids, as_of_ms)
         await self.publisher.publish_settled(settled.transitions, self.retry)
         return [snap.restaurant_id for snap in settled.through]
 

@@ -15,8 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 from core.clock_queue import ClockQueue
 from core.errors import PresenceError
-from core.messages import utc_now
-from core.presence_store import PresenceStore, RestaurantSnapshot, parse_profile
+from core.presence_store import PresenceStore, RestaurantSnapshot, from_ms, parse_profile
 from core.profiles import all_profiles
 from core.restaurant_admin import refresh_profile
 from core.status import next_clock_boundary
@@ -52,8 +51,9 @@ class Rebuilder:
         status: StatusService,
         publisher: StatusPublisher,
         metrics: SchedulerMetrics,
-        settle: Callable[[Sequence[str]], Awaitable[object]],
+        settle: Callable[[Sequence[str], int], Awaitable[object]],
         acting: Callable[[], bool],
+        instant: Callable[[], Awaitable[int]],
     ) -> None:
         self.store = store
         self.clock = clock
@@ -62,6 +62,7 @@ class Rebuilder:
         self.metrics = metrics
         self.settle = settle
         self.acting = acting
+        self.instant = instant  # the drain's clock: now, or the bridges' horizon if earlier
 
     async def recover_outbox(self, retry: Retry[None], older_than_ms: int | None = None) -> int:
         """Republish outbox entries (all of them when taking over; only old ones on the periodic sweep)."""
@@ -102,7 +103,11 @@ class Rebuilder:
         if changed:
             await self._refresh(changed)
         refreshed = set(changed)
-        now = utc_now()
+        # As of the drain's instant, not the wall clock: a boundary the bridges' backlog still holds back
+        # is queued, not settled here ahead of the device facts received before it (the full churn
+        # run's last two misses, both settled by the rebuild that ran during the final stop).
+        at = await self.instant()
+        now = from_ms(at)
         due: dict[str, int] = {}
         stale: list[str] = []
         for snap in snaps:
@@ -120,7 +125,7 @@ class Rebuilder:
                 self.metrics.failures.inc()
         await self.clock.schedule(due)
         if stale:
-            await self.settle(stale)
+            await self.settle(stale, at)
 
     async def _refresh(self, restaurant_ids: Sequence[str]) -> None:
         """Copy these profiles from MongoDB again, not from the scan: the scan's read may predate an API

@@ -94,7 +94,7 @@ class Scheduler:
         )
         self.rebuilder = Rebuilder(
             self.store, self.clock, self.status, self.publisher, self.metrics, self.drainer.settle_many,
-            lambda: self.acting,
+            lambda: self.acting, self.drainer.instant,
         )  # fmt: skip
         httpd = None
         try:
