@@ -26,6 +26,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bridge.inbox import Inbox
+from bridge.lean_client import LeanClient
 from core.ids import HEARTBEAT_FILTER, PRESENCE_FILTER, STATUS_FILTER
 from core.settings import Settings
 from core.task_stop import cancel_and_wait
@@ -81,6 +82,7 @@ class BrokerLink:
         self._ever_connected = False
         self._stopping = False
         self._reading: socket.socket | None = None
+        self._paused = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         self._tasks: list[asyncio.Task[None]] = []
@@ -88,9 +90,9 @@ class BrokerLink:
         self._attempt = 0
         self._client = self._new_client()
 
-    def _new_client(self) -> mqtt.Client:
+    def _new_client(self) -> LeanClient:
         protocol = mqtt.MQTTv5 if self.mqtt5 else mqtt.MQTTv311
-        client = mqtt.Client(
+        client = LeanClient(
             CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
             protocol=protocol,
@@ -208,8 +210,9 @@ class BrokerLink:
         if client is self._client and sock.fileno() >= 0:
             self._loop.add_reader(sock, self._readable, client)
             self._reading = sock
+            self._paused = False
 
-    def _readable(self, client: mqtt.Client) -> None:
+    def _readable(self, client: LeanClient) -> None:
         """Read every packet the socket holds (up to READ_PACKETS) in one selector wake-up.
 
         paho's `loop_read` reads as many packets as it has QoS>0 messages in flight, which for
@@ -226,9 +229,17 @@ class BrokerLink:
                 return
             if rc == mqtt.MQTTErrorCode.MQTT_ERR_AGAIN:
                 return
+        self._read_buffered_soon(client)
+
+    def _read_buffered_soon(self, client: LeanClient) -> None:
+        """Packets already read from the socket get no selector event of their own: read them next."""
+        if client is self._client and client.buffered() and not self._paused and not self._stopping:
+            assert self._loop is not None
+            self._loop.call_soon(self._readable, client)
 
     def _pause(self) -> None:
-        if self._reading is not None and self._loop is not None:
+        if self._reading is not None and self._loop is not None and not self._paused:
+            self._paused = True
             self._loop.remove_reader(self._reading)
             self.inbox.resume_later(self._resume)
 
@@ -239,10 +250,12 @@ class BrokerLink:
             self._loop.remove_reader(self._reading)
 
     def _resume(self) -> None:
+        self._paused = False
         if self._stopping:
             return
         if self._reading is not None and self._loop is not None and self._reading.fileno() >= 0:
             self._loop.add_reader(self._reading, self._readable, self._client)
+            self._read_buffered_soon(self._client)
 
     def _on_socket_close(self, client: mqtt.Client, _u: Any, sock: Any) -> None:
         # Called just before paho closes the socket: unregister while its descriptor is still valid.
@@ -303,9 +316,7 @@ class BrokerLink:
                 [(STATUS_FILTER, SubscribeOptions(qos=1)), (PRESENCE_FILTER, SubscribeOptions(qos=1))]
             )
         else:
-            _, self._reconcile_mid = client.subscribe(
-                [(STATUS_FILTER, 1), (PRESENCE_FILTER, 1), (HEARTBEAT_FILTER, 0)]
-            )
+            _, self._reconcile_mid = client.subscribe([(STATUS_FILTER, 1), (PRESENCE_FILTER, 1), (HEARTBEAT_FILTER, 0)])
 
     def _on_subscribe(self, _c: mqtt.Client, _u: Any, mid: int, _r: Any, _p: Any) -> None:
         if mid == self._reconcile_mid:
