@@ -116,7 +116,10 @@ class Bridge:
         self.publisher = EventPublisher(self.settings)
         await self.publisher.open()
         self.store = PresenceStore(redis, self.settings.redis_prefix)
-        self.horizons = Horizons(redis, self.settings.redis_prefix)
+        # Its own connection: a storm's settles can hold all of the pool's, and a horizon that waited its turn
+        # went stale, so the scheduler took this busy bridge for a dead one (core/horizons.py).
+        horizon_redis = Redis.from_url(self.settings.redis_url, decode_responses=True, single_connection_client=True)
+        self.horizons = Horizons(horizon_redis, self.settings.redis_prefix)
         self.state = StateMarker(redis, self.settings.redis_prefix, guarded=self.store, instance=self.instance)
         self.status = StatusService(self.store, self.window)
         self.dead_letters = DeadLetters(self.publisher, redis, self.settings.redis_prefix, self.metrics,
@@ -158,6 +161,7 @@ class Bridge:
             await link.stop()
         with contextlib.suppress(*OUTAGES):  # else it goes stale by itself (core/horizons.py)
             await asyncio.wait_for(self.horizons.withdraw(self.instance), 2.0)
+        await self.horizons.redis.aclose()
         with contextlib.suppress(*OUTAGES):  # RabbitMQ away (or the close timed out): nothing to close cleanly
             await asyncio.wait_for(self.publisher.close(), STOP_FLUSH_S)
         await redis.aclose()
@@ -471,7 +475,7 @@ class Bridge:
             horizon = self._horizon_ms()
             self.metrics.horizon_lag.set(max(0, now_ms() - horizon) / 1000)
             with contextlib.suppress(*OUTAGES):
-                await self.horizons.publish(self.instance, horizon, now_ms())
+                await asyncio.wait_for(self.horizons.publish(self.instance, horizon, now_ms()), HORIZON_EVERY_S * 5)
             await asyncio.sleep(HORIZON_EVERY_S)
 
     def _horizon_ms(self) -> int:

@@ -10,11 +10,22 @@ So every bridge publishes its horizon, the receipt time of the oldest message it
 (the wall clock when it holds none), and the scheduler claims only boundaries at or before the lowest
 horizon of the live bridges. A bridge that stops publishing (killed, or cut from Redis) counts no more
 after `STALE_MS`; a bridge that stops cleanly withdraws its entry.
+
+`STALE_MS` weighs two errors. Too short, and a bridge alive but busy (the churn run's final stop, its
+entry last written 5 s before) is taken for dead: a boundary is committed ahead of a stop it has
+received, and that restaurant's offline stretch is cut. Too long, and a killed bridge holds every
+boundary back that long: the retained status and STATUS_CHANGED come late (the API derives on read
+and is not affected). The bridge writes its entry on a connection of its own, so a busy pool cannot
+delay it, and the scheduler logs every entry it drops.
 """
+
+import logging
 
 from redis.asyncio import Redis
 
-STALE_MS = 5_000  # an entry not refreshed for this long is a dead bridge's
+logger = logging.getLogger(__name__)
+
+STALE_MS = 10_000  # an entry not refreshed for this long is a dead bridge's
 PUBLISH_EVERY_S = 0.2  # how often a bridge refreshes its entry: boundaries wait about this long
 
 
@@ -43,6 +54,8 @@ class Horizons:
                 dead.append(instance)
                 continue
             if now_ms - written_ms > STALE_MS:
+                logger.warning("bridge %s last wrote its horizon %.1f s ago: taken for stopped, no longer waited for",
+                               instance, (now_ms - written_ms) / 1000)  # fmt: skip
                 dead.append(instance)
             else:
                 lowest = min(lowest, horizon_ms)
