@@ -12,13 +12,14 @@ from redis.asyncio import Redis
 
 from core.presence_store import now_ms
 
-# ARGV: now_ms, lease_until_ms, limit → the claimed ids, re-scored to the lease's end.
+# ARGV: now_ms, lease_until_ms, limit → the claimed ids with the times they were due (flat), re-scored to
+# the lease's end.
 CLAIM = """
-local ids = redis.call("ZRANGEBYSCORE", KEYS[1], "-inf", ARGV[1], "LIMIT", 0, tonumber(ARGV[3]))
-for _, id in ipairs(ids) do
-  redis.call("ZADD", KEYS[1], "XX", ARGV[2], id)
+local due = redis.call("ZRANGEBYSCORE", KEYS[1], "-inf", ARGV[1], "WITHSCORES", "LIMIT", 0, tonumber(ARGV[3]))
+for i = 1, #due, 2 do
+  redis.call("ZADD", KEYS[1], "XX", ARGV[2], due[i])
 end
-return ids
+return due
 """
 
 # ARGV: lease_until_ms, then (id, next_ms) pairs; next_ms "" drops the id (no boundary ahead).
@@ -66,9 +67,10 @@ class ClockQueue:
         if due:
             await self.redis.zadd(self.key, dict(due), lt=True)  # LT still adds missing members
 
-    async def claim(self, now: int, lease_ms: int, limit: int) -> list[str]:
-        ids = await self._claim(keys=[self.key], args=[now, now + lease_ms, limit])
-        return [str(i) for i in ids]
+    async def claim(self, now: int, lease_ms: int, limit: int) -> list[tuple[str, int]]:
+        """Up to `limit` restaurants due by `now`, earliest first, each with the instant it was due (ms)."""
+        due = await self._claim(keys=[self.key], args=[now, now + lease_ms, limit])
+        return [(str(due[i]), int(float(due[i + 1]))) for i in range(0, len(due), 2)]
 
     async def reschedule(self, lease_until: int, next_due: Sequence[tuple[str, int | None]]) -> None:
         args: list[str | int] = [lease_until]

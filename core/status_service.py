@@ -3,7 +3,7 @@
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -130,8 +130,13 @@ class StatusService:
         logger.warning("status of %s kept moving; gave up after %d tries", restaurant_id, MAX_COMMIT_RETRIES)
         return None
 
-    async def settle_batch(self, restaurant_ids: Sequence[str], now: datetime | None = None) -> BatchSettled:
+    async def settle_batch(
+        self, restaurant_ids: Sequence[str], now: datetime | None = None, each: Mapping[str, datetime] | None = None
+    ) -> BatchSettled:
         """`settle` for many restaurants (the scheduler's bursts): one pipelined read, one pipeline of commits.
+
+        `now` is the instant to settle as of (the wall clock if None); `each` overrides it per restaurant
+        (the scheduler's claims: each as of the boundary it was due at).
 
         The commits are not a transaction: each is still `commit_status.lua` on its own key, a
         compare-and-set on the version read. A restaurant whose facts moved between the read and its
@@ -144,13 +149,15 @@ class StatusService:
         out = BatchSettled(unknown=await self.fill_profiles(snaps))
         unknown = set(out.unknown)
         at = now or utc_now()
+        each = each or {}
         commits: list[tuple[str, int, DerivedStatus, Event]] = []
         for snap in snaps:
             if snap.restaurant_id in unknown:
                 continue
             out.snapshots.append(snap)
+            instant = each.get(snap.restaurant_id, now)
             try:
-                status = self.derive(snap, as_of(snap, now) if now else at)
+                status = self.derive(snap, as_of(snap, instant) if instant else at)
             except Exception as exc:
                 out.failed[snap.restaurant_id] = exc
                 continue
@@ -169,15 +176,17 @@ class StatusService:
             elif code == -2:
                 out.failed[rid] = StateLost(rid)  # the caller waits for the rebuild, then settles it again
         if moved:
-            await self._settle_each(moved, now, out)
+            await self._settle_each(moved, now, each, out)
         return out
 
-    async def _settle_each(self, restaurant_ids: list[str], now: datetime | None, out: BatchSettled) -> None:
+    async def _settle_each(
+        self, restaurant_ids: list[str], now: datetime | None, each: Mapping[str, datetime], out: BatchSettled
+    ) -> None:
         gate = asyncio.Semaphore(BATCH_RETRY_CONCURRENCY)
 
         async def again(rid: str) -> Settled | None:
             async with gate:
-                return await self.settle(rid, now)
+                return await self.settle(rid, each.get(rid, now))
 
         results = await asyncio.gather(*(again(rid) for rid in restaurant_ids), return_exceptions=True)
         for rid, result in zip(restaurant_ids, results, strict=True):

@@ -5,6 +5,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from functools import partial
 
 from core.clock_queue import ClockQueue
@@ -64,16 +65,16 @@ class Drainer:
         finishing: asyncio.Task[None] | None = None
         try:
             while self.acting():
-                claimed_at, ids = await self.retry(self._claim, "claiming due restaurants")
-                if not ids:
+                claimed_at, due = await self.retry(self._claim, "claiming due restaurants")
+                if not due:
                     break
-                self.metrics.claimed.inc(len(ids))
-                self.metrics.batch_size.observe(len(ids))
+                self.metrics.claimed.inc(len(due))
+                self.metrics.batch_size.observe(len(due))
                 started = time.perf_counter()
-                settled = await self._settle(ids, claimed_at)
+                settled = await self._settle(list(due), claimed_at, due)
                 if finishing is not None:
                     await finishing
-                finishing = asyncio.create_task(self._finish(settled, claimed_at, started), name="drain-finish")
+                finishing = asyncio.create_task(self._finish(settled, claimed_at, due, started), name="drain-finish")
         except BaseException:
             if finishing is not None:  # the batch in hand still goes out (cancelled: given up); this error wins
                 if not finishing.done() and asyncio.current_task().cancelling():  # type: ignore[union-attr]
@@ -91,18 +92,20 @@ class Drainer:
         self.metrics.horizon_lag.set((now - at) / 1000)
         return at
 
-    async def _claim(self) -> tuple[int, list[str]]:
-        """What is due up to `instant`."""
+    async def _claim(self) -> tuple[int, dict[str, int]]:
+        """What is due up to `instant`, each restaurant with the instant it was due (never after the claim's)."""
         at = await self.instant()
-        return at, await self.clock.claim(at, self.lease_ms, self.settings.scheduler_batch_size)
+        claimed = await self.clock.claim(at, self.lease_ms, self.settings.scheduler_batch_size)
+        return at, {rid: min(due, at) for rid, due in claimed}
 
-    async def _finish(self, settled: SettledBatch, claimed_at: int, started: float) -> None:
+    async def _finish(self, settled: SettledBatch, claimed_at: int, due: dict[str, int], started: float) -> None:
         """Publish a settled batch, then queue each of its restaurants at its next boundary."""
         await self.publisher.publish_settled(settled.transitions, self.retry)
-        # From the claim instant, not later: settle used a `now` at or after it, so no boundary in between is lost.
-        at = from_ms(claimed_at)
+        # From the instant each was settled as of, not later, so no boundary in between is lost. One that
+        # is already behind the claim (two boundaries in one jump of the horizon) is claimed again at once.
         next_due: list[tuple[str, int | None]] = [(rid, None) for rid in settled.unknown]  # never provisioned: dropped
         for snap in settled.through:  # those that failed are not here: they stay leased and are due again when it ends
+            at = from_ms(due.get(snap.restaurant_id, claimed_at))
             try:
                 next_due.append((snap.restaurant_id, next_due_ms(snap, at)))
             except Exception:
@@ -116,25 +119,33 @@ class Drainer:
         await self.publisher.publish_settled(settled.transitions, self.retry)
         return [snap.restaurant_id for snap in settled.through]
 
-    async def _settle(self, ids: Sequence[str], as_of_ms: int | None = None) -> SettledBatch:
+    async def _settle(
+        self, ids: Sequence[str], as_of_ms: int | None = None, each_ms: dict[str, int] | None = None
+    ) -> SettledBatch:
         """Settle a batch with `StatusService.settle_batch`: its transitions, to publish together.
 
-        A claim is settled as of its instant (`core.status_service.as_of`): the bridges' horizon, not the
-        wall clock. By the wall clock, a boundary held back by a bridge's backlog was settled together with
-        whatever came after it (a new restaurant's first DISCONNECTED skipped to the end of an
-        unavailability; a device's window ran out before its graceful stop, still in the backlog, counted).
+        A claimed restaurant is settled as of the instant it was due (`each_ms`, never after the claim's
+        instant, the bridges' horizon), not the wall clock (`core.status_service.as_of`):
+        - by the wall clock, a boundary held back by a bridge's backlog was settled together with whatever
+          came after it (a new restaurant's first DISCONNECTED skipped to the end of an unavailability; a
+          device's window ran out before its graceful stop, still in the backlog, counted);
+        - as of the claim's instant, two boundaries passed in one jump of the horizon were settled as one:
+          an unavailability's end and the next one's start 9 s later committed UNAVAILABLE after
+          UNAVAILABLE, and the DISCONNECTED stretch between them never reached the history.
 
         One that failed is logged, counted and left out; one that failed because a backing service
         went away meanwhile is settled again on its own, with backoff.
         """
-        batch = await self._settle_when_ready(ids, as_of_ms)
+        each = {rid: from_ms(ms) for rid, ms in (each_ms or {}).items()}
+        batch = await self._settle_when_ready(ids, as_of_ms, each)
         transitions = list(batch.settled.items())
         failed = set(batch.failed)
         outages = [rid for rid, exc in batch.failed.items() if isinstance(exc, OUTAGES)]
         for rid, exc in batch.failed.items():
             if rid not in outages:
                 self._failed(rid, "settling failed", exc)
-        for again, settled in await asyncio.gather(*(self._settle_one(rid) for rid in outages)):
+        instant = None if as_of_ms is None else from_ms(as_of_ms)
+        for again, settled in await asyncio.gather(*(self._settle_one(rid, each.get(rid, instant)) for rid in outages)):
             if again is not None:
                 failed.discard(again)
                 if settled is not None:
@@ -144,7 +155,9 @@ class Drainer:
             self._failing.discard(snap.restaurant_id)
         return SettledBatch(transitions, through, batch.unknown)
 
-    async def _settle_when_ready(self, ids: Sequence[str], as_of_ms: int | None) -> BatchSettled:
+    async def _settle_when_ready(
+        self, ids: Sequence[str], as_of_ms: int | None, each: dict[str, datetime]
+    ) -> BatchSettled:
         """`settle_batch` once the state is ready. What the guard refused (Redis restarted empty after the
         check, or a bridge began rebuilding it) waits for the rebuild and is settled again."""
         out = BatchSettled()
@@ -152,7 +165,7 @@ class Drainer:
         as_of = None if as_of_ms is None else from_ms(as_of_ms)
         while True:
             await self._wait_for_state()
-            batch = await self.retry(partial(self.status.settle_batch, todo, as_of),
+            batch = await self.retry(partial(self.status.settle_batch, todo, as_of, each),
                                      f"settling {len(todo)} restaurants")  # fmt: skip
             lost = {rid for rid, exc in batch.failed.items() if isinstance(exc, StateLost)}
             out.settled.update(batch.settled)
@@ -175,11 +188,11 @@ class Drainer:
             raise Abandoned("waiting for the rebuild")
         logger.info("the bridge rebuilt Redis's state; settling again after %.1f s", time.monotonic() - started)
 
-    async def _settle_one(self, rid: str) -> tuple[str | None, Settled | None]:
+    async def _settle_one(self, rid: str, instant: datetime | None) -> tuple[str | None, Settled | None]:
         """(rid, what to publish) once settled, (None, None) if it failed."""
         async with self._gate:
             try:
-                return rid, await self.retry(partial(self.status.settle, rid), f"settling {rid}")
+                return rid, await self.retry(partial(self.status.settle, rid, instant), f"settling {rid}")
             except Abandoned:
                 raise
             except StateLost:

@@ -625,6 +625,47 @@ async def test_a_boundary_waits_for_the_bridges_to_apply_what_they_received_befo
         assert [since(e) for e in changed[1:]] == [start, end]  # committed late, each at its own instant
 
 
+async def test_two_boundaries_passed_in_one_jump_of_the_horizon_are_each_announced(
+    env: dict[str, Any], stack: Any
+) -> None:
+    # The full churn run: an unavailability ended and the next began 9 s later while a bridge was behind.
+    # The horizon then jumped past both at once, the claim was settled as of the claim's instant, and
+    # UNAVAILABLE followed UNAVAILABLE: the DISCONNECTED stretch between them never reached the history.
+    # Each claimed restaurant is now settled as of the instant it was due, and queued again from there.
+    settings, store, tap = env["settings"], env["store"], env["tap"]
+    rid = unique("s-jump")
+    await make_restaurant(settings, stack, rid)
+    horizons = Horizons(store.redis, settings.redis_prefix)
+    async with running(settings):
+        await tap.wait_for(rid, "STATUS_CHANGED")
+        first = whole_ms(utc_now() + timedelta(seconds=1))
+        gap = first + timedelta(seconds=1)
+        second = gap + timedelta(seconds=1)
+        end = second + timedelta(seconds=2)
+        applied_up_to = now_ms() - 2_000  # a bridge behind, from before the first boundary
+        done = asyncio.Event()
+
+        async def slow_bridge() -> None:
+            while not done.is_set():
+                await horizons.publish("slow-bridge", applied_up_to, now_ms())
+                await asyncio.sleep(0.1)
+
+        publishing = asyncio.create_task(slow_bridge())
+        try:
+            await add_unavailability(env, rid, first, gap)
+            await add_unavailability(env, rid, second, end)
+            await settle_time((second - utc_now()).total_seconds() + 0.3)  # three boundaries passed, held back
+            assert reasons(tap.of(rid, "STATUS_CHANGED")) == ["DISCONNECTED"], "settled past the bridge's horizon"
+            applied_up_to = now_ms() + 3_600_000  # it catches up at once and holds nothing back any more
+            changed = await tap.wait_for(rid, "STATUS_CHANGED", 5, timeout=15)
+        finally:
+            done.set()
+            await publishing
+            await horizons.withdraw("slow-bridge")
+        assert reasons(changed) == ["DISCONNECTED", "UNAVAILABLE", "DISCONNECTED", "UNAVAILABLE", "DISCONNECTED"]
+        assert [since(e) for e in changed[1:]] == [first, gap, second, end]
+
+
 async def test_a_bridge_that_stopped_publishing_its_horizon_holds_nothing_back(env: dict[str, Any]) -> None:
     settings, store = env["settings"], env["store"]
     horizons = Horizons(store.redis, f"{settings.redis_prefix}{unique('h')}:")
