@@ -346,7 +346,12 @@ class Bridge:
             rows.append((rid, did, epoch, state, event))
         results = await self.store.apply_presence(rows, stamps=stamps)
         self.metrics.ignored.labels("presence").inc(sum(1 for r in results if r.code == 0))
-        await self._after_transitions([(row[0], res) for row, res in zip(rows, results, strict=True)], max(stamps))
+        # Each restaurant as of its own newest message: a batch of the final stop spans seconds of receipt.
+        each: dict[str, int] = {}
+        for row, at in zip(rows, stamps, strict=True):
+            each[row[0]] = max(at, each.get(row[0], at))
+        applied = [(row[0], res) for row, res in zip(rows, results, strict=True)]
+        await self._after_transitions(applied, max(stamps), each)
 
     async def _apply_heartbeats(self, items: Sequence[tuple[Inbound, str, str, int]]) -> None:
         self.metrics.messages.labels("heartbeat").inc(len(items))
@@ -359,9 +364,11 @@ class Bridge:
         self.metrics.ignored.labels("heartbeat").inc(outcome.ignored)
         await self._after_transitions(outcome.transitions, at)
 
-    async def _after_transitions(self, results: Sequence[tuple[str, ScriptResult]], as_of_ms: int) -> None:
+    async def _after_transitions(
+        self, results: Sequence[tuple[str, ScriptResult]], as_of_ms: int, each_ms: dict[str, int] | None = None
+    ) -> None:
         """Publish each restaurant's device events in order, then settle the batch's restaurants together,
-        as of the batch's own instant (`_settle`)."""
+        as of the batch's own instant, or each restaurant's own where given (`_settle`)."""
         per_restaurant: dict[str, list[tuple[str, Event]]] = defaultdict(list)
         for rid, res in results:
             if res.code == 2:
@@ -371,27 +378,33 @@ class Bridge:
         if not per_restaurant:
             return
         await self._publish_each(per_restaurant)
-        await self._settle(list(per_restaurant), as_of_ms)
+        await self._settle(list(per_restaurant), as_of_ms, each_ms)
 
     async def _publish_each(self, per_restaurant: dict[str, list[tuple[str, Event]]]) -> None:
         """Each restaurant's events in order; the restaurants at once, so their confirms overlap."""
         await self.outbox.publish(per_restaurant, PUBLISH_CONCURRENCY)
 
-    async def _settle(self, restaurant_ids: Sequence[str], as_of_ms: int | None = None) -> None:
+    async def _settle(
+        self, restaurant_ids: Sequence[str], as_of_ms: int | None = None, each_ms: dict[str, int] | None = None
+    ) -> None:
         """Settle restaurants as one batch (one pipelined read, one of commits; `StatusService.settle_batch`).
 
         As of `as_of_ms` (the receipt of the facts just applied; `core.status_service.as_of`), not the
         wall clock: seconds behind its devices, the bridge would otherwise let a clock boundary that came
-        after a fact's arrival hide the status that fact began.
+        after a fact's arrival hide the status that fact began. `each_ms` gives a restaurant its own
+        instant: as of the batch's newest receipt, a graceful stop received 1.6 s before an
+        unavailability's start, in a batch of the final stop that ended after the start, went straight to
+        UNAVAILABLE (the full churn run).
 
         Births once settled one restaurant at a time, each waiting for its own confirms: 200-300 births
         per second, too slow for a storm of 100,000 connections in a minute.
         """
         if self._defer_settles:
             return  # _settle_all settles every restaurant when the reconciliation ends
+        each = {rid: from_ms(ms) for rid, ms in (each_ms or {}).items()}
         for start in range(0, len(restaurant_ids), SETTLE_BATCH):
             batch = await self.status.settle_batch(
-                restaurant_ids[start : start + SETTLE_BATCH], None if as_of_ms is None else from_ms(as_of_ms)
+                restaurant_ids[start : start + SETTLE_BATCH], None if as_of_ms is None else from_ms(as_of_ms), each
             )
             # What was committed goes out first: a retried settle would find it committed and publish nothing.
             self.metrics.status_changes.inc(len(batch.settled))

@@ -196,11 +196,17 @@ def derive_status(
 
 
 def _disconnected_since(devices: Sequence[DeviceFact], window: timedelta, now: datetime) -> datetime:
-    """When the last device stopped counting: its will/graceful time, or its heartbeat window ran out."""
+    """When the last device stopped counting: its will/graceful time, or its heartbeat window ran out.
+
+    A device silent past its window before its will or graceful stop stopped counting when the window
+    ran out: a bridge behind its devices may apply the stop before its sweep has judged the silence,
+    and the stretch in between was lost (the full churn run's final stop, 2.2 s).
+    """
     ends: list[datetime] = []
     for d in devices:
         if d.state is DeviceState.OFFLINE and d.changed_at is not None:
-            ends.append(d.changed_at)
+            silent = d.last_seen + window if d.last_seen is not None else d.changed_at
+            ends.append(min(d.changed_at, silent))
         elif d.last_seen is not None:
             ends.append(d.last_seen + window)
     candidates = [t for t in ends if t <= now]

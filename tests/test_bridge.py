@@ -18,8 +18,10 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from bridge.mqtt_link import Inbound
 from bridge.worker import Bridge
 from core.db import open_mongo
+from core.messages import DeviceState
 from core.presence_store import PresenceStore
 from core.settings import Settings
 from core.status import Unavailability, UnavailabilityReason
@@ -395,6 +397,42 @@ async def test_a_stop_applied_after_a_boundary_it_preceded_keeps_its_stretch(env
         changed = await tap.wait_for(rid, "STATUS_CHANGED", 2, timeout=10)
         assert changed[1]["data"]["reason"] == "DISCONNECTED"
         assert datetime.fromisoformat(changed[1]["data"]["since"]) < start
+
+
+@ONE_BROKER
+async def test_one_batch_settles_each_restaurant_as_of_its_own_message(env: dict[str, Any], stack: Any) -> None:
+    # The full churn run's final stop: one batch held a graceful stop received 1.6 s before an
+    # unavailability's start and others received after it. Settled as of the batch's newest receipt,
+    # that restaurant went straight to UNAVAILABLE and its DISCONNECTED stretch was lost.
+    settings, tap = env["settings"], env["tap"]
+    async with bridge_with_online_device(env, stack, "r-early") as (bridge, early_device, early):
+        late = f"r-late-{uuid.uuid4().hex[:6]}"
+        late_device = Device(env["url"], late, await make_restaurant(settings, stack, late))
+        await asyncio.to_thread(late_device.connect, 4)
+        await tap.wait_for(late, "STATUS_CHANGED")
+        start = datetime.fromtimestamp(round(time.time() + 1.0, 3), UTC)
+        holiday = Unavailability(start=start, end=start + timedelta(hours=1), reason=UnavailabilityReason.HOLIDAY)
+        profile = profile_json("A", "UTC", ALWAYS_OPEN, [holiday])
+        await bridge.store.set_profiles({early: profile, late: profile})
+        link = bridge.links[0]
+
+        def stop(rid: str, device: Device) -> Any:  # a graceful stop as the link hands it over, received now
+            payload = json.dumps({"state": "offline", "epoch": device.epoch}).encode()
+            inbound = Inbound(link, f"restaurants/{rid}/devices/{device.did}/presence", payload, 1, False, 0,
+                              time.monotonic())  # fmt: skip
+            return (inbound, rid, device.did, device.epoch, DeviceState.OFFLINE, "graceful")
+
+        received_early = stop(early, early_device)
+        assert datetime.now(UTC) < start, "the machine was too slow for this test's 1 s"
+        await settle_time((start - datetime.now(UTC)).total_seconds() + 0.3)
+        await bridge._apply_presence([received_early, stop(late, late_device)])  # one batch, behind
+        [_, early_changed] = await tap.wait_for(early, "STATUS_CHANGED", 2, timeout=10)
+        [_, late_changed] = await tap.wait_for(late, "STATUS_CHANGED", 2, timeout=10)
+        assert early_changed["data"]["reason"] == "DISCONNECTED"
+        assert datetime.fromisoformat(early_changed["data"]["since"]) < start
+        assert (late_changed["data"]["reason"], datetime.fromisoformat(late_changed["data"]["since"])) == (
+            "UNAVAILABLE", start
+        )  # fmt: skip
 
 
 def _through(url: str, relay: CuttableRelay) -> str:

@@ -125,6 +125,19 @@ def test_a_silent_device_is_stale_after_the_window() -> None:
     assert status.since == noon - timedelta(seconds=1)
 
 
+def test_a_device_silent_before_its_stop_stopped_counting_when_its_window_ran_out() -> None:
+    # The full churn run's final stop: a silent device's window ran out at 12:00, its graceful stop came
+    # at 12:00:02.2, and the bridge, seconds behind, applied the stop before its sweep had judged the
+    # silence: DISCONNECTED was committed from 12:00:02.2, and 2.2 s of it were lost from the ranking.
+    noon = at("2026-11-25T12:00:00-03:00")
+    stop = noon + timedelta(seconds=2.2)
+    silent_then_stopped = DeviceFact("tablet", 1, DeviceState.OFFLINE, noon - WINDOW, stop)
+    status = derive_status("r", RestaurantRules(), [silent_then_stopped], stop, WINDOW)
+    assert (status.reason, status.since) == (OfflineReason.DISCONNECTED, noon)
+    alive_then_stopped = DeviceFact("tablet", 1, DeviceState.OFFLINE, stop - timedelta(seconds=30), stop)
+    assert derive_status("r", RestaurantRules(), [alive_then_stopped], stop, WINDOW).since == stop
+
+
 def test_a_new_status_never_begins_before_the_one_it_follows() -> None:
     # The bridge stamps a graceful stop when it arrived (11:59:59.5), but applies it after the scheduler
     # committed "online since 12:00" at an unavailability's end: DISCONNECTED begins at 12:00, not before.
