@@ -118,7 +118,7 @@ class DashboardHub:
                 if entry.seq != expected:
                     raise MissedTooOld("the feed's history has a gap")
                 expected += 1
-                if sub.group is None or entry.group == sub.group:
+                if entry.concerns(sub.group):
                     frames.append(status_frame(entry.seq, entry.status_json))
             yield frames
 
@@ -147,7 +147,7 @@ class DashboardHub:
         self.head = entry.seq
         frame = status_frame(entry.seq, entry.status_json)
         for sub in list(self.subscribers):
-            if entry.seq > sub.after and (sub.group is None or sub.group == entry.group):
+            if entry.seq > sub.after and entry.concerns(sub.group):
                 self._offer(sub, frame)
 
     def _heartbeat(self) -> None:

@@ -18,6 +18,7 @@ from core.restaurant_admin import RestaurantAdmin
 from core.settings import Settings
 from core.status_service import StatusService
 from core.unavailabilities import UnavailabilityLimits, UnavailabilityService
+from feed.regroup import Regrouper
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.unavailabilities = UnavailabilityService(
             store, clock, events, UnavailabilityLimits.from_settings(settings), settings.event_publish_timeout_s
         )
-        app.state.restaurant_admin = RestaurantAdmin(store, clock)
+        app.state.restaurant_admin = RestaurantAdmin(store, clock, moved=Regrouper(store, settings).moved)
         # --- dashboard feed: follows the feed's Redis stream from the first dashboard on (api/dashboard_hub.py) ---
         app.state.dashboard_hub = DashboardHub(redis, settings)
         stack.push_async_callback(app.state.dashboard_hub.close)

@@ -7,7 +7,7 @@ if the status moved) and recomputes its next clock boundary.
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 
 from redis.exceptions import LockError
@@ -98,9 +98,17 @@ async def refresh_profile(store: PresenceStore, clock: ClockQueue, restaurant_id
 class RestaurantAdmin:
     """The admin side of a restaurant's profile; identities and secrets stay with core.provisioning."""
 
-    def __init__(self, store: PresenceStore, clock: ClockQueue) -> None:
+    def __init__(
+        self,
+        store: PresenceStore,
+        clock: ClockQueue,
+        moved: Callable[[str, str | None, str], Awaitable[object]] | None = None,
+    ) -> None:
+        """`moved(restaurant_id, old_group, new_group)` is told of a group change once it is stored
+        (the API moves the dashboards' tile: feed/regroup.py)."""
         self.store = store
         self.clock = clock
+        self.moved = moved
 
     async def get(self, restaurant_id: str) -> Restaurant:
         doc = await Restaurant.get(restaurant_id)
@@ -121,13 +129,17 @@ class RestaurantAdmin:
         if not changes:
             raise InvalidProfile("body", "nothing to change: give group, timezone or hours")
         async with restaurant_lock(self.store, restaurant_id):
+            before = await self.get(restaurant_id)
             # `$set` of single fields (a day as `hours.mon`), never a whole-document replace: on MongoDB
             # a secret rotated by provisioning meanwhile survives (FerretDB gives no such promise).
             result = await Restaurant.get_pymongo_collection().update_one({"_id": restaurant_id}, {"$set": changes})
             if result.matched_count == 0:
                 raise UnknownRestaurant(restaurant_id)
             logger.info("restaurant %s profile changed: %s", restaurant_id, ", ".join(sorted(changes)))
-            return await refresh_profile(self.store, self.clock, restaurant_id)
+            doc = await refresh_profile(self.store, self.clock, restaurant_id)
+            if self.moved is not None and doc.group != before.group:
+                await self.moved(restaurant_id, before.group, doc.group)
+            return doc
 
 
 def _checked_changes(

@@ -39,6 +39,11 @@ class StreamEntry:
     restaurant_id: str
     group: str | None
     status_json: str  # DerivedStatus JSON with "group", as sent to dashboards
+    left_group: str | None = None  # set when the entry moves the restaurant out of that group (feed/regroup.py)
+
+    def concerns(self, group: str | None) -> bool:
+        """Whether a dashboard filtered by `group` (None: every group) gets this entry."""
+        return group is None or group == self.group or group == self.left_group
 
 
 def seq_of(entry_id: str) -> int:
@@ -46,7 +51,7 @@ def seq_of(entry_id: str) -> int:
 
 
 def entry_from_redis(entry_id: str, fields: dict[str, str]) -> StreamEntry:
-    return StreamEntry(seq_of(entry_id), fields["r"], fields.get("g") or None, fields["d"])
+    return StreamEntry(seq_of(entry_id), fields["r"], fields.get("g") or None, fields["d"], fields.get("pg") or None)
 
 
 class FeedKeys:

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
+import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI
@@ -18,11 +19,15 @@ from websockets.exceptions import ConnectionClosed
 from api.dashboard_hub import RESET, DashboardHub
 from api.security import Principal, create_access_token
 from core.amqp import EventPublisher
-from core.documents import Role
+from core.documents import Restaurant, Role
 from core.messages import utc_now
+from core.presence_store import PresenceStore
 from core.settings import Settings
+from core.status import DerivedStatus
 from feed.consumer import FeedConsumer
+from feed.documents import DashboardStatus
 from feed.stream import FeedStream
+from tests.devices import ALWAYS_OPEN
 from tests.helpers import wait_until
 from tests.test_feed import put_groups, running_feed, status_event
 
@@ -269,3 +274,58 @@ async def test_a_socket_that_falls_behind_is_reset(settings: Settings, env: dict
     await wait_until(lambda: sub not in hub.subscribers, message="the slow socket dropped")
     assert sub.queue.qsize() == 1 and sub.queue.get_nowait() is RESET
     assert "slow" in sub.reset_reason
+
+
+async def test_a_group_change_moves_the_tile_on_every_dashboard(
+    settings: Settings, env: dict[str, Any], app: FastAPI
+) -> None:
+    # A group change is not a status change, so the feed said nothing of it: a dashboard filtered by
+    # group kept the tile in the old group until the restaurant's next transition.
+    rid = "moving"
+    await Restaurant(restaurant_id=rid, secret_hash="-", mqtt_hash="-", group="A", hours=ALWAYS_OPEN).insert()
+    await put_groups(env["redis"], settings, {rid: "A"})
+    online = status_event(rid, True)
+    await PresenceStore(env["redis"], settings.redis_prefix).restore_statuses(
+        {rid: DerivedStatus.model_validate(online.data)}
+    )  # what the bridge committed before it published the event
+    await env["publisher"].publish(online)
+    await wait_until(lambda: env["feed"].metrics.value("sequenced") == 1, message="the status was not fed")
+    await wait_until(lambda: _cached_group(rid), message="the cold cache never got the status")
+    url = f"{env['url']}?token={token(settings, Role.ADMIN)}"
+    async with connect(f"{url}&group=A") as in_a, connect(f"{url}&group=B") as in_b, connect(url) as everyone:
+        assert [s["restaurant_id"] for s in (await receive(in_a))["statuses"]] == [rid]
+        assert (await receive(in_b))["statuses"] == []
+        await receive(everyone)
+        base = env["url"].replace("ws://", "http://").removesuffix("/ws/dashboard")
+        async with httpx.AsyncClient(base_url=base) as http:
+            response = await http.patch(
+                f"/restaurants/{rid}",
+                json={"group": "B"},
+                headers={"Authorization": f"Bearer {token(settings, Role.ADMIN)}"},
+            )
+        assert response.status_code == 200, response.text
+        for ws in (in_a, in_b, everyone):  # group A's dashboard too: it sees the tile leave
+            frame = await receive(ws)
+            assert (frame["seq"], frame["status"]["restaurant_id"], frame["status"]["group"]) == (2, rid, "B")
+            assert frame["status"]["online"] is True  # the status itself did not change
+    async with connect(f"{url}&group=A") as in_a, connect(f"{url}&group=B") as in_b:
+        assert (await receive(in_a))["statuses"] == []
+        assert [(s["restaurant_id"], s["group"]) for s in (await receive(in_b))["statuses"]] == [(rid, "B")]
+    assert await _cached_group(rid) == "B"  # what an API process that starts later loads
+    reloaded = DashboardHub(env["redis"], settings)
+    await reloaded._load()
+    assert reloaded.statuses[rid].group == "B"
+    # A profile change that leaves the group alone moves nothing.
+    async with httpx.AsyncClient(base_url=base) as http:
+        response = await http.patch(
+            f"/restaurants/{rid}",
+            json={"timezone": "UTC"},
+            headers={"Authorization": f"Bearer {token(settings, Role.ADMIN)}"},
+        )
+    assert response.status_code == 200, response.text
+    assert await env["stream"].current_seq() == 2
+
+
+async def _cached_group(rid: str) -> str | None:
+    doc = await DashboardStatus.get(rid)
+    return None if doc is None else doc.group

@@ -1,5 +1,8 @@
 """`WS /ws/dashboard`: a snapshot of the current statuses, then every STATUS_CHANGED in seq order.
 
+With `group=G` only G's restaurants, plus a frame for each restaurant that moves out of G (its status
+then names the new group: drop the tile).
+
 The token comes in the query string (browsers cannot set headers on a websocket). Problems with it or
 with the query are told with close codes after the handshake, where a browser can read them: 4401 bad
 or missing token, 4403 role not allowed, 4400 bad query. A socket is closed with 4401 when its token expires: the page

@@ -48,7 +48,8 @@ async def get_restaurant(
 async def update_restaurant(
     restaurant_id: RestaurantId, body: RestaurantUpdate, principal: AdminPrincipal, admin: RestaurantAdminDep
 ) -> RestaurantProfile:
-    """Change any of group, time zone and hours (days left out keep theirs); the live status follows at once."""
+    """Change any of group, time zone and hours (days left out keep theirs); the live status follows at once,
+    and a new group moves the restaurant's tile on the dashboards at once."""
     try:
         doc = await admin.change(
             restaurant_id,

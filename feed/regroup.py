@@ -1,0 +1,60 @@
+"""A restaurant moved to another group: its tile moves on every dashboard at once.
+
+The feed sequences STATUS_CHANGED events, and a group change is not a status change: a dashboard kept
+the tile in its old group until the restaurant's next transition. So the API, once the new group is in
+MongoDB and in the Redis profile (where the feed worker reads groups), appends the restaurant's
+committed status with the new group to the feed stream, and sets the group in the cold cache.
+
+The entry also names the group the restaurant left (`pg`): a dashboard filtered by that group gets the
+frame too, sees a status of another group, and drops the tile.
+
+A STATUS_CHANGED the feed worker sequences in the same few milliseconds may still carry the old group
+(it read the profile just before the change); the restaurant's next status puts it right.
+"""
+
+import json
+import logging
+
+from redis.asyncio import Redis
+
+from core.presence_store import PresenceStore
+from core.settings import Settings
+from feed.documents import DashboardStatus
+from feed.stream import FeedKeys
+
+logger = logging.getLogger(__name__)
+
+# KEYS: seq counter, stream. ARGV: restaurant id, group, group left ("" for none), entry JSON, stream
+# length kept. No counter (the feed has not started, or Redis lost it): nothing appended, 0; an API
+# process that loads later reads the group from the cold cache.
+REGROUP_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local seq = redis.call('INCR', KEYS[1])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], seq .. '-0',
+           'r', ARGV[1], 'g', ARGV[2], 'pg', ARGV[3], 'd', ARGV[4])
+return seq
+"""
+
+
+class Regrouper:
+    def __init__(self, store: PresenceStore, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+        self.keys = FeedKeys(settings.redis_prefix)
+        self._append = store.redis.register_script(REGROUP_LUA)
+
+    @property
+    def redis(self) -> Redis:
+        return self.store.redis
+
+    async def moved(self, restaurant_id: str, left: str | None, group: str) -> int:
+        """Announce the move on the feed; returns the entry's seq (0: nothing appended)."""
+        await DashboardStatus.get_pymongo_collection().update_one({"_id": restaurant_id}, {"$set": {"group": group}})
+        committed = await self.redis.hget(self.store.key(restaurant_id), "s")
+        if committed is None:
+            return 0  # no status yet: its first one will carry the group
+        entry = json.dumps({**json.loads(committed), "group": group}, separators=(",", ":"))
+        args: list[str | int] = [restaurant_id, group, left or "", entry, self.settings.feed_stream_maxlen]
+        seq = int(await self._append(keys=[self.keys.seq, self.keys.stream], args=args))
+        logger.info("restaurant %s moved from group %s to %s (feed seq %d)", restaurant_id, left, group, seq)
+        return seq
