@@ -333,7 +333,8 @@ class BrokerLink:
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         if msg.retain:
             self.last_retained_at = time.monotonic()
-        self.inbox.put(Inbound(self, msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain), msg.mid, msg.timestamp))
+        inbound = Inbound(self, msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain), msg.mid, msg.timestamp)
+        self.inbox.put(inbound, urgent=msg.qos > 0)  # presence and statuses; heartbeats are QoS 0
         if self.inbox.full:
             self._pause()
 
