@@ -9,7 +9,7 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 LINGER_S = 0.005  # with a presence message waiting: births and wills are what the dashboard shows
-LINGER_QUIET_S = 0.025  # heartbeats only: their goal is 100 ms to Redis, and every batch costs round trips
+LINGER_QUIET_S = 0.015  # heartbeats only: their goal is 100 ms to Redis, and every batch costs round trips
 
 
 class Inbox(Generic[T]):
@@ -52,12 +52,14 @@ class Inbox(Generic[T]):
             # Let the socket readers run a little: a batch costs its Redis round trips whatever its size,
             # and a few milliseconds here turn batches of 5 into batches of hundreds under load. Without
             # an urgent item the wait is longer (100,000 devices' heartbeats came in ~170 batches a
-            # second), and an urgent item that arrives meanwhile ends it.
-            if self._urgent.is_set():
-                await asyncio.sleep(LINGER_S)
-            else:
+            # second); an urgent item that arrives meanwhile cuts it to LINGER_S from its arrival. (Ending
+            # it at once made about a batch per birth in a storm: the 100,000 storm then took 33.2 s to
+            # settle, against 10.1 s before and 15.2 s with this; runs vary.)
+            if not self._urgent.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._urgent.wait(), min(LINGER_QUIET_S, wait_s or LINGER_QUIET_S))
+            if self._urgent.is_set():
+                await asyncio.sleep(LINGER_S)
         self._urgent.clear()
         count = min(max_items, len(self._items))
         batch = [self._items.popleft() for _ in range(count)]

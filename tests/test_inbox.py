@@ -16,7 +16,7 @@ def long_lingers(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(inbox_module, "LINGER_QUIET_S", 30.0)
 
 
-async def test_heartbeats_alone_wait_for_company_until_an_urgent_message_arrives(long_lingers: None) -> None:
+async def test_heartbeats_alone_wait_for_company_until_shortly_after_an_urgent_message(long_lingers: None) -> None:
     box: Inbox[str] = Inbox()
     box.put("beat-1")
     taking = asyncio.create_task(box.take(100))
@@ -25,9 +25,11 @@ async def test_heartbeats_alone_wait_for_company_until_an_urgent_message_arrives
     box.put("beat-2")
     await asyncio.sleep(0.2)
     assert not taking.done()
-    box.put("birth", urgent=True)
+    box.put("birth", urgent=True)  # the wait now ends LINGER_S after it, not at once: a storm of births
+    await asyncio.sleep(0.1)  # would otherwise make a batch each
+    box.put("beat-3")
     await wait_until(taking.done, 5, message="an urgent message did not end the wait")
-    assert taking.result() == ["beat-1", "beat-2", "birth"]
+    assert taking.result() == ["beat-1", "beat-2", "birth", "beat-3"]
 
 
 async def test_an_urgent_message_waits_only_the_short_linger(long_lingers: None) -> None:
