@@ -296,14 +296,7 @@ async def test_a_group_change_moves_the_tile_on_every_dashboard(
         assert [s["restaurant_id"] for s in (await receive(in_a))["statuses"]] == [rid]
         assert (await receive(in_b))["statuses"] == []
         await receive(everyone)
-        base = env["url"].replace("ws://", "http://").removesuffix("/ws/dashboard")
-        async with httpx.AsyncClient(base_url=base) as http:
-            response = await http.patch(
-                f"/restaurants/{rid}",
-                json={"group": "B"},
-                headers={"Authorization": f"Bearer {token(settings, Role.ADMIN)}"},
-            )
-        assert response.status_code == 200, response.text
+        await _change_profile(settings, env, rid, {"group": "B"})
         for ws in (in_a, in_b, everyone):  # group A's dashboard too: it sees the tile leave
             frame = await receive(ws)
             assert (frame["seq"], frame["status"]["restaurant_id"], frame["status"]["group"]) == (2, rid, "B")
@@ -315,15 +308,17 @@ async def test_a_group_change_moves_the_tile_on_every_dashboard(
     reloaded = DashboardHub(env["redis"], settings)
     await reloaded._load()
     assert reloaded.statuses[rid].group == "B"
-    # A profile change that leaves the group alone moves nothing.
-    async with httpx.AsyncClient(base_url=base) as http:
-        response = await http.patch(
-            f"/restaurants/{rid}",
-            json={"timezone": "UTC"},
-            headers={"Authorization": f"Bearer {token(settings, Role.ADMIN)}"},
-        )
-    assert response.status_code == 200, response.text
+    await _change_profile(settings, env, rid, {"timezone": "UTC"})  # the group left alone moves nothing
     assert await env["stream"].current_seq() == 2
+
+
+async def _change_profile(settings: Settings, env: dict[str, Any], rid: str, body: dict[str, str]) -> None:
+    """`PATCH /restaurants/{rid}` as an admin, through the served app."""
+    base = env["url"].replace("ws://", "http://").removesuffix("/ws/dashboard")
+    async with httpx.AsyncClient(base_url=base) as http:
+        headers = {"Authorization": f"Bearer {token(settings, Role.ADMIN)}"}
+        response = await http.patch(f"/restaurants/{rid}", json=body, headers=headers)
+    assert response.status_code == 200, response.text
 
 
 async def _cached_group(rid: str) -> str | None:

@@ -576,6 +576,33 @@ async def test_redis_lost_and_rebuilt_by_the_bridge_announces_nothing_again(env:
     assert_once_on_both_queues(env, rid, [None])
 
 
+class SlowBridge:
+    """A bridge's horizon entry, refreshed every 0.1 s at `applied_up_to` (ms) until the block ends."""
+
+    def __init__(self, horizons: Horizons, applied_up_to: int) -> None:
+        self.horizons = horizons
+        self.applied_up_to = applied_up_to
+
+
+@asynccontextmanager
+async def slow_bridge(store: PresenceStore, settings: Settings, applied_up_to: int) -> AsyncIterator[SlowBridge]:
+    bridge = SlowBridge(Horizons(store.redis, settings.redis_prefix), applied_up_to)
+    done = asyncio.Event()
+
+    async def publish() -> None:
+        while not done.is_set():
+            await bridge.horizons.publish("slow-bridge", bridge.applied_up_to, now_ms())
+            await asyncio.sleep(0.1)
+
+    publishing = asyncio.create_task(publish())
+    try:
+        yield bridge
+    finally:
+        done.set()
+        await publishing
+        await bridge.horizons.withdraw("slow-bridge")
+
+
 async def test_a_boundary_waits_for_the_bridges_to_apply_what_they_received_before_it(
     env: dict[str, Any], stack: Any
 ) -> None:
@@ -587,21 +614,11 @@ async def test_a_boundary_waits_for_the_bridges_to_apply_what_they_received_befo
     settings, store, tap = env["settings"], env["store"], env["tap"]
     rid = unique("s-horizon")
     await make_restaurant(settings, stack, rid)
-    horizons = Horizons(store.redis, settings.redis_prefix)
     async with running(settings) as scheduler:
         await tap.wait_for(rid, "STATUS_CHANGED")
         start = whole_ms(utc_now() + timedelta(seconds=1))
         end = start + timedelta(seconds=4)  # room for the rebuild below to run inside it
-        applied_up_to = now_ms() - 2_000  # the slow bridge's horizon
-        done = asyncio.Event()
-
-        async def slow_bridge() -> None:
-            while not done.is_set():
-                await horizons.publish("slow-bridge", applied_up_to, now_ms())
-                await asyncio.sleep(0.1)
-
-        publishing = asyncio.create_task(slow_bridge())
-        try:
+        async with slow_bridge(store, settings, now_ms() - 2_000) as bridge:
             await add_unavailability(env, rid, start, end)
             await settle_time((start - utc_now()).total_seconds() + 0.5)  # inside the unavailability
             rebuilds = scheduler.metrics.registry.get_sample_value("scheduler_rebuilds_total") or 0.0
@@ -613,14 +630,10 @@ async def test_a_boundary_waits_for_the_bridges_to_apply_what_they_received_befo
             await settle_time((end - utc_now()).total_seconds() + 1.0)  # both boundaries passed, held
             assert reasons(tap.of(rid, "STATUS_CHANGED")) == ["DISCONNECTED"], "settled past the bridge's horizon"
             assert (scheduler.metrics.registry.get_sample_value("scheduler_horizon_lag_seconds") or 0.0) > 2.0
-            applied_up_to = int((start + timedelta(milliseconds=300)).timestamp() * 1000)  # it catches up
+            bridge.applied_up_to = int((start + timedelta(milliseconds=300)).timestamp() * 1000)  # it catches up
             changed = await tap.wait_for(rid, "STATUS_CHANGED", 2, timeout=10)
-            applied_up_to = now_ms()
+            bridge.applied_up_to = now_ms()
             changed = await tap.wait_for(rid, "STATUS_CHANGED", 3, timeout=10)
-        finally:
-            done.set()
-            await publishing
-            await horizons.withdraw("slow-bridge")
         assert reasons(changed) == ["DISCONNECTED", "UNAVAILABLE", "DISCONNECTED"]
         assert [since(e) for e in changed[1:]] == [start, end]  # committed late, each at its own instant
 
@@ -635,33 +648,19 @@ async def test_two_boundaries_passed_in_one_jump_of_the_horizon_are_each_announc
     settings, store, tap = env["settings"], env["store"], env["tap"]
     rid = unique("s-jump")
     await make_restaurant(settings, stack, rid)
-    horizons = Horizons(store.redis, settings.redis_prefix)
     async with running(settings):
         await tap.wait_for(rid, "STATUS_CHANGED")
         first = whole_ms(utc_now() + timedelta(seconds=1))
         gap = first + timedelta(seconds=1)
         second = gap + timedelta(seconds=1)
         end = second + timedelta(seconds=2)
-        applied_up_to = now_ms() - 2_000  # a bridge behind, from before the first boundary
-        done = asyncio.Event()
-
-        async def slow_bridge() -> None:
-            while not done.is_set():
-                await horizons.publish("slow-bridge", applied_up_to, now_ms())
-                await asyncio.sleep(0.1)
-
-        publishing = asyncio.create_task(slow_bridge())
-        try:
+        async with slow_bridge(store, settings, now_ms() - 2_000) as bridge:  # behind, from before the first
             await add_unavailability(env, rid, first, gap)
             await add_unavailability(env, rid, second, end)
             await settle_time((second - utc_now()).total_seconds() + 0.3)  # three boundaries passed, held back
             assert reasons(tap.of(rid, "STATUS_CHANGED")) == ["DISCONNECTED"], "settled past the bridge's horizon"
-            applied_up_to = now_ms() + 3_600_000  # it catches up at once and holds nothing back any more
+            bridge.applied_up_to = now_ms() + 3_600_000  # it catches up at once and holds nothing back any more
             changed = await tap.wait_for(rid, "STATUS_CHANGED", 5, timeout=15)
-        finally:
-            done.set()
-            await publishing
-            await horizons.withdraw("slow-bridge")
         assert reasons(changed) == ["DISCONNECTED", "UNAVAILABLE", "DISCONNECTED", "UNAVAILABLE", "DISCONNECTED"]
         assert [since(e) for e in changed[1:]] == [first, gap, second, end]
 
