@@ -15,8 +15,6 @@ A STATUS_CHANGED the feed worker sequences in the same few milliseconds may stil
 import json
 import logging
 
-from redis.asyncio import Redis
-
 from core.presence_store import PresenceStore
 from core.settings import Settings
 from feed.documents import DashboardStatus
@@ -43,14 +41,10 @@ class Regrouper:
         self.keys = FeedKeys(settings.redis_prefix)
         self._append = store.redis.register_script(REGROUP_LUA)
 
-    @property
-    def redis(self) -> Redis:
-        return self.store.redis
-
     async def moved(self, restaurant_id: str, left: str | None, group: str) -> int:
         """Announce the move on the feed; returns the entry's seq (0: nothing appended)."""
         await DashboardStatus.get_pymongo_collection().update_one({"_id": restaurant_id}, {"$set": {"group": group}})
-        committed = await self.redis.hget(self.store.key(restaurant_id), "s")
+        committed = await self.store.redis.hget(self.store.key(restaurant_id), "s")
         if committed is None:
             return 0  # no status yet: its first one will carry the group
         entry = json.dumps({**json.loads(committed), "group": group}, separators=(",", ":"))
