@@ -422,12 +422,16 @@ async def test_one_batch_settles_each_restaurant_as_of_its_own_message(env: dict
                               time.monotonic())  # fmt: skip
             return (inbound, rid, device.did, device.epoch, DeviceState.OFFLINE, "graceful")
 
-        received_early = stop(early, early_device)
-        assert datetime.now(UTC) < start, "the machine was too slow for this test's 1 s"
-        await settle_time((start - datetime.now(UTC)).total_seconds() + 0.3)
-        await bridge._apply_presence([received_early, stop(late, late_device)])  # one batch, behind
-        [_, early_changed] = await tap.wait_for(early, "STATUS_CHANGED", 2, timeout=10)
-        [_, late_changed] = await tap.wait_for(late, "STATUS_CHANGED", 2, timeout=10)
+        try:
+            received_early = stop(early, early_device)
+            assert datetime.now(UTC) < start, "the machine was too slow for this test's 1 s"
+            await settle_time((start - datetime.now(UTC)).total_seconds() + 0.3)
+            await bridge._apply_presence([received_early, stop(late, late_device)])  # one batch, behind
+            [_, early_changed] = await tap.wait_for(early, "STATUS_CHANGED", 2, timeout=10)
+            [_, late_changed] = await tap.wait_for(late, "STATUS_CHANGED", 2, timeout=10)
+        finally:  # their MQTT sessions (and paho's threads) must not outlive the test
+            for device in (early_device, late_device):
+                await asyncio.to_thread(device.stop)
         assert early_changed["data"]["reason"] == "DISCONNECTED"
         assert datetime.fromisoformat(early_changed["data"]["since"]) < start
         assert (late_changed["data"]["reason"], datetime.fromisoformat(late_changed["data"]["since"])) == (
