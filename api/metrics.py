@@ -31,6 +31,12 @@ class ApiMetrics:
             buckets=(1, 10, 100, 1000, 5000, 10_000),
             registry=self.registry,
         )
+        self.statuses = Counter(
+            "presence_api_statuses",
+            "Statuses answered, by how: served from a standing view or derived (core/status_view.py)",
+            ["source"],
+            registry=self.registry,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

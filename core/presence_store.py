@@ -20,6 +20,9 @@ from core.status_codec import rules_from_json
 
 STATUS_OUTBOX = "m"  # the retained `restaurants/{rid}/status` still to publish
 
+View = tuple[str, str, str] | None  # a status view's meta, head and tail (core/status_view.py)
+NO_VIEW = ("", "", "")
+
 
 @lru_cache(maxsize=200_000)
 def parse_profile(raw: str) -> tuple[RestaurantRules, str | None]:
@@ -107,7 +110,7 @@ class HeartbeatOutcome:
     transitions: list[tuple[str, ScriptResult]]
 
 
-def _load_script(redis: Redis, name: str) -> AsyncScript:
+def load_script(redis: Redis, name: str) -> AsyncScript:
     return redis.register_script(resources.files("core.lua").joinpath(name).read_text())
 
 
@@ -119,12 +122,12 @@ class PresenceStore:
         self.redis = redis
         self.prefix = prefix
         self.heartbeat_index = f"{prefix}hb"
-        self._apply = _load_script(redis, "apply_presence.lua")
-        self._heartbeat_batch = _load_script(redis, "heartbeat_batch.lua")
-        self._stale = _load_script(redis, "mark_stale.lua")
-        self._commit = _load_script(redis, "commit_status.lua")
-        self._sweep_remove = _load_script(redis, "sweep_remove.lua")
-        self._clear_if_equal = _load_script(redis, "clear_if_equal.lua")
+        self._apply = load_script(redis, "apply_presence.lua")
+        self._heartbeat_batch = load_script(redis, "heartbeat_batch.lua")
+        self._stale = load_script(redis, "mark_stale.lua")
+        self._commit = load_script(redis, "commit_status.lua")
+        self._sweep_remove = load_script(redis, "sweep_remove.lua")
+        self._clear_if_equal = load_script(redis, "clear_if_equal.lua")
         self._guard_keys: list[str] = []  # `guard_commits`
         self._guard_args: list[str] = []
 
@@ -257,36 +260,36 @@ class PresenceStore:
         return self._results(raw, list(candidates), fields, lambda item: item[3])
 
     async def commit_status(
-        self, restaurant_id: str, version: int, status: DerivedStatus, event: Event
+        self, restaurant_id: str, version: int, status: DerivedStatus, event: Event, view: View = None
     ) -> tuple[int, str]:
         """-2: refused by the guard (`guard_commits`); -1: the facts moved on (recompute); 0: no transition;
-        1: committed with its outbox entry."""
+        1: committed with its outbox entry. `view` (core/status_view.py) is stored with 0 and 1."""
         name = outbox_field()
         status_json = status.model_dump_json()  # Settled.status_json must equal this byte for byte
         code = await self._commit(
             keys=[self.key(restaurant_id), *self._guard_keys],
             args=[version, status.core.model_dump_json(), status_json, name, event.model_dump_json(), STATUS_OUTBOX,
-                  *self._guard_args],
+                  *(view or NO_VIEW), *self._guard_args],
         )  # fmt: skip
         return int(code), name
 
     async def commit_statuses(
-        self, commits: Sequence[tuple[str, int, DerivedStatus, Event]]
+        self, commits: Sequence[tuple[str, int, DerivedStatus, Event, View]]
     ) -> list[tuple[int | Exception, str, str]]:
-        """`commit_status` for many (rid, version, status, event) in one round trip.
+        """`commit_status` for many (rid, version, status, event, view) in one round trip.
 
         A plain pipeline, not a transaction: every script is its own compare-and-set on its own key
         (cluster-safe), and one that fails is returned as its exception without failing the others.
         Returns (code, outbox field, status json) for each, in order.
         """
         names = [outbox_field() for _ in commits]
-        statuses = [status.model_dump_json() for _, _, status, _ in commits]
+        statuses = [status.model_dump_json() for _, _, status, _, _ in commits]
         async with self.redis.pipeline(transaction=False) as pipe:
-            for (rid, version, status, event), name, status_json in zip(commits, names, statuses, strict=True):
+            for (rid, version, status, event, view), name, status_json in zip(commits, names, statuses, strict=True):
                 await self._commit(
                     keys=[self.key(rid), *self._guard_keys],
                     args=[version, status.core.model_dump_json(), status_json, name, event.model_dump_json(),
-                          STATUS_OUTBOX, *self._guard_args],
+                          STATUS_OUTBOX, *(view or NO_VIEW), *self._guard_args],
                     client=pipe,
                 )  # fmt: skip
             replies = await pipe.execute(raise_on_error=False) if commits else []

@@ -8,10 +8,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from core.messages import Event, EventType, utc_now
-from core.presence_store import PresenceStore, RestaurantSnapshot, parse_profile
+from core.presence_store import PresenceStore, RestaurantSnapshot, View, parse_profile
 from core.profiles import load_profiles
 from core.state_marker import StateLost
 from core.status import DerivedStatus, derive_status
+from core.status_view import StatusViews, view_of
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ class StatusService:
         self.window = window
         self.unknown_ttl_s = unknown_ttl_s
         self._unknown_until: dict[str, float] = {}
+        self.views = StatusViews(store, window)
 
     async def fill_profiles(self, snaps: Sequence[RestaurantSnapshot]) -> list[str]:
         """Load from MongoDB the profiles Redis lacks (Redis lost, or provisioned elsewhere); return unknown ids.
@@ -104,6 +106,26 @@ class StatusService:
         statuses = [self.derive(s, at) for s in snaps if s.restaurant_id not in unknown]
         return statuses, [rid for rid in dict.fromkeys(restaurant_ids) if rid in unknown]
 
+    async def current_json(self, restaurant_ids: Sequence[str], now: datetime) -> tuple[list[str], list[str], int]:
+        """`current` as JSON texts: served from the views that stand at `now`, the others derived.
+
+        Returns the statuses in the order asked, the unknown ids, and how many came from views.
+        """
+        ids = list(dict.fromkeys(restaurant_ids))
+        views = await self.views.read(ids, now)
+        missing = [rid for rid, view in zip(ids, views, strict=True) if view is None]
+        derived: dict[str, str] = {}
+        unknown: list[str] = []
+        if missing:
+            statuses, unknown = await self.current(missing, now)
+            derived = {s.restaurant_id: s.model_dump_json() for s in statuses}
+        out: list[str] = []
+        for rid, view in zip(ids, views, strict=True):
+            text = view if view is not None else derived.get(rid)
+            if text is not None:
+                out.append(text)
+        return out, unknown, len(ids) - len(missing)
+
     async def settle(self, restaurant_id: str, now: datetime | None = None) -> Settled | None:
         """Recompute and commit one restaurant's status; returns what to publish on a transition.
 
@@ -114,13 +136,15 @@ class StatusService:
             snap = await self.store.snapshot(restaurant_id)
             if await self.fill_profiles([snap]):
                 return None
-            status = self.derive(snap, as_of(snap, now) if now else utc_now())
+            at = as_of(snap, now) if now else utc_now()
+            status = self.derive(snap, at)
             event = Event(
                 type=EventType.STATUS_CHANGED,
                 restaurant_id=restaurant_id,
                 data=status.model_dump(mode="json"),
             )
-            code, field = await self.store.commit_status(restaurant_id, snap.version, status, event)
+            view = view_of(snap, status, at, self.window, status.model_dump_json())
+            code, field = await self.store.commit_status(restaurant_id, snap.version, status, event, view)
             if code == 1:
                 return Settled(status, event, field, status.model_dump_json())
             if code == 0:
@@ -150,23 +174,25 @@ class StatusService:
         unknown = set(out.unknown)
         at = now or utc_now()
         each = each or {}
-        commits: list[tuple[str, int, DerivedStatus, Event]] = []
+        commits: list[tuple[str, int, DerivedStatus, Event, View]] = []
         for snap in snaps:
             if snap.restaurant_id in unknown:
                 continue
             out.snapshots.append(snap)
             instant = each.get(snap.restaurant_id, now)
             try:
-                status = self.derive(snap, as_of(snap, instant) if instant else at)
+                derived_at = as_of(snap, instant) if instant else at
+                status = self.derive(snap, derived_at)
+                view = view_of(snap, status, derived_at, self.window, status.model_dump_json())
             except Exception as exc:
                 out.failed[snap.restaurant_id] = exc
                 continue
             event = Event(type=EventType.STATUS_CHANGED, restaurant_id=snap.restaurant_id,
                           data=status.model_dump(mode="json"))  # fmt: skip
-            commits.append((snap.restaurant_id, snap.version, status, event))
+            commits.append((snap.restaurant_id, snap.version, status, event, view))
         moved: list[str] = []
         replies = await self.store.commit_statuses(commits)
-        for (rid, _, status, event), (code, name, status_json) in zip(commits, replies, strict=True):
+        for (rid, _, status, event, _), (code, name, status_json) in zip(commits, replies, strict=True):
             if isinstance(code, Exception):
                 out.failed[rid] = code
             elif code == 1:

@@ -9,12 +9,14 @@ import pytest
 from fastapi import FastAPI
 
 from api.main import create_app
+from api.models import StatusBatch
 from api.security import Principal, create_access_token
 from core.documents import Restaurant, Role
 from core.hours import OpeningHours
 from core.messages import DeviceState, Event, EventType
 from core.presence_store import PresenceStore
 from core.settings import Settings
+from core.status_service import StatusService
 from stack.services import Redis as RedisServer
 from stack.services import free_port
 from tests.devices import ALWAYS_CLOSED, ALWAYS_OPEN
@@ -119,6 +121,36 @@ async def test_batch_reports_unknown_ids_and_collapses_duplicates(
             ("r-a", True, None),
         ]
         assert body["unknown"] == ["r-ghost"]
+
+
+async def test_batch_answers_from_views_and_derivation_alike(
+    app: FastAPI, client: httpx.AsyncClient, store: PresenceStore
+) -> None:
+    # core/status_view.py: a settled restaurant is served from its view, the others are derived; the body
+    # is StatusBatch's either way, in the order asked, byte for byte.
+    service: StatusService = app.state.status_service
+    await add_restaurant("v-settled", hours=OpeningHours(mon=None, tue=None, wed=None, thu=None, fri=None))
+    await add_restaurant("v-fresh")
+    for rid in ("v-settled", "v-fresh"):
+        await birth(store, rid)
+    await service.settle("v-settled")  # closed all week but for the weekend: a view until the next opening
+    asked = ["v-fresh", "v-ghost", "v-settled"]
+
+    before = _statuses_counted((await client.get("/metrics")).text)
+    response = await client.post("/restaurants/status/query", json={"ids": asked})
+    after = _statuses_counted((await client.get("/metrics")).text)
+
+    assert response.status_code == 200, response.text
+    body = StatusBatch.model_validate_json(response.content)
+    assert [s.restaurant_id for s in body.statuses] == ["v-fresh", "v-settled"]
+    assert body.unknown == ["v-ghost"]
+    assert response.content == body.model_dump_json().encode()
+    assert (after["view"] - before["view"], after["derived"] - before["derived"]) == (1, 1)
+
+
+def _statuses_counted(metrics: str) -> dict[str, float]:
+    found = re.findall(r'^presence_api_statuses_total\{source="(\w+)"\} (\S+)$', metrics, re.MULTILINE)
+    return {"view": 0.0, "derived": 0.0} | {source: float(value) for source, value in found}
 
 
 async def test_batch_limits_and_invalid_ids_are_422(client: httpx.AsyncClient, settings: Settings) -> None:

@@ -1,5 +1,6 @@
 """Live derived status of one restaurant or of a batch (DESIGN.md §5, §6)."""
 
+import json
 from collections.abc import Iterable
 from typing import Annotated
 
@@ -45,17 +46,20 @@ async def _batch(ids: list[str], principal: Principal, service: StatusService, m
     ensure_can_read(principal, ids)
     metrics.status_ids.observe(len(ids))
     at = utc_now()  # one instant for the whole batch
-    statuses: list[DerivedStatus] = []
+    statuses: list[str] = []
     unknown: list[str] = []
     # Deriving 10,000 statuses is about a second of CPU: in chunks, the Redis round trip of each
     # chunk gives other requests their turn instead of stalling the loop for the whole batch.
     for start in range(0, len(ids), CHUNK):
-        found, missing = await service.current(ids[start : start + CHUNK], now=at)
+        found, missing, from_views = await service.current_json(ids[start : start + CHUNK], now=at)
         statuses.extend(found)
         unknown.extend(missing)
-    # Serialised by pydantic-core in one call: FastAPI's own path (to plain Python, then json.dumps) cost
-    # 18 ms of the ~100 ms a batch of 1,000 took. The schema is still StatusBatch's (response_model).
-    return Response(StatusBatch(statuses=statuses, unknown=unknown).model_dump_json(), media_type="application/json")
+        metrics.statuses.labels("view").inc(from_views)
+        metrics.statuses.labels("derived").inc(len(found) - from_views)
+    # Each status is already JSON (a standing view, or derived and serialised by pydantic-core); the
+    # body is StatusBatch's, byte for byte (response_model keeps the schema; tests compare the two).
+    body = f'{{"statuses":[{",".join(statuses)}],"unknown":{json.dumps(unknown, separators=(",", ":"))}}}'
+    return Response(body, media_type="application/json")
 
 
 @router.get("/status", response_model=StatusBatch, responses=AUTH_ERRORS)

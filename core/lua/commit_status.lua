@@ -1,8 +1,9 @@
 -- Commit a derived status computed from version `expected` of the facts.
 -- KEYS[1] restaurant hash; optional KEYS[2] the state marker and KEYS[3] the rebuilding key (the
 -- writer's guard, core/state_marker.py).
--- ARGV: expected_version, core, status_json, outbox_field, event_json, mqtt_outbox_field, and with the
--- guard the writer's instance (a bridge rebuilding the state may commit; nobody else meanwhile).
+-- ARGV: expected_version, core, status_json, outbox_field, event_json, mqtt_outbox_field, the status
+-- view's meta, head and tail (core/status_view.py; meta "" for none), and with the guard the writer's
+-- instance (a bridge rebuilding the state may commit; nobody else meanwhile).
 -- Optimistic concurrency on one key: if the facts moved on (another bridge, the scheduler, the API)
 -- the caller re-reads and recomputes. Only a change of the status core (online, reason, detail) is a
 -- transition, so whoever commits it first writes the one STATUS_CHANGED; the others see it equal.
@@ -17,7 +18,7 @@ if KEYS[2] and redis.call("EXISTS", KEYS[2]) == 0 then
 end
 if KEYS[3] then
   local rebuilder = redis.call("GET", KEYS[3])
-  if rebuilder and rebuilder ~= ARGV[7] then
+  if rebuilder and rebuilder ~= ARGV[10] then
     return -2
   end
 end
@@ -25,12 +26,20 @@ local version = redis.call("HGET", key, "v") or "0"
 if version ~= ARGV[1] then
   return -1
 end
+-- The view is the status just derived, from this version of the facts: stored on a transition and
+-- without one alike (a clock boundary that changes nothing, a takeover), so it follows the facts.
+local function store_view(at_version)
+  if ARGV[7] ~= "" then
+    redis.call("HSET", key, "wv", at_version, "w", ARGV[7], "wh", ARGV[8], "wt", ARGV[9])
+  end
+end
 if redis.call("HGET", key, "sc") == ARGV[2] then
+  store_view(version)
   return 0
 end
 redis.call("HSET", key, "sc", ARGV[2], "s", ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[3])
 -- A transition moves the version too. Without it, a writer that read the same version before a clock
 -- boundary (an unavailability's start) and commits after another writer committed that boundary
 -- passed the check and put the old status back: one status announced twice in a row, twice over.
-redis.call("HINCRBY", key, "v", 1)
+store_view(redis.call("HINCRBY", key, "v", 1))
 return 1

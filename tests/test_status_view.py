@@ -1,0 +1,219 @@
+"""Status views (core/status_view.py): served only while deriving the status again gives the same bytes."""
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+from redis.asyncio import Redis
+
+from core.hours import DayHours, OpeningHours
+from core.messages import DeviceState, Event, EventType
+from core.presence_store import PresenceStore, from_ms
+from core.settings import Settings
+from core.status import DerivedStatus, OfflineReason, Unavailability, UnavailabilityReason
+from core.status_codec import profile_json
+from core.status_service import StatusService
+from core.status_view import iso_ms
+from tests.devices import ALWAYS_CLOSED, ALWAYS_OPEN
+
+WINDOW = timedelta(seconds=60)
+T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)  # a Monday, noon
+OVERNIGHT = OpeningHours(**{day: DayHours(open="18:00", close="02:00") for day in OpeningHours.model_fields})
+WEEKDAYS = OpeningHours(sat=None, sun=None)
+_rids = itertools.count()
+
+
+def ms(at: datetime) -> int:
+    return int(at.timestamp() * 1000)
+
+
+@pytest.fixture
+async def service(settings: Settings) -> AsyncIterator[StatusService]:
+    redis = Redis.from_url(settings.redis_url, decode_responses=True)
+    yield StatusService(PresenceStore(redis, settings.redis_prefix), WINDOW)
+    await redis.aclose()
+
+
+async def presence(store: PresenceStore, rid: str, did: str, epoch: int, state: DeviceState, at: datetime) -> None:
+    kind = EventType.DEVICE_ONLINE if state is DeviceState.ONLINE else EventType.DEVICE_OFFLINE
+    event = Event(type=kind, restaurant_id=rid, device_id=did, data={"epoch": epoch})
+    await store.apply_presence([(rid, did, epoch, state, event)], at_ms=ms(at))
+
+
+async def derived(service: StatusService, rid: str, at: datetime) -> str:
+    return service.derive(await service.store.snapshot(rid), at).model_dump_json()
+
+
+async def served(service: StatusService, rid: str, at: datetime) -> str | None:
+    return (await service.views.read([rid], at))[0]
+
+
+async def test_a_settled_restaurant_is_served_as_derived_with_its_newest_heartbeat(service: StatusService) -> None:
+    rid = "view-basic"
+    store = service.store
+    await store.set_profiles({rid: profile_json("A", "UTC", OpeningHours())})  # 10:00-23:00 UTC
+    await presence(store, rid, "tablet", 1, DeviceState.ONLINE, T0)
+    assert await served(service, rid, T0) is None, "nothing settled yet: no view"
+    await service.settle(rid, now=T0)
+
+    later = T0 + timedelta(seconds=10)
+    assert await served(service, rid, later) == await derived(service, rid, later)
+    await store.heartbeats([(rid, "tablet", 1)], at_ms=ms(T0 + timedelta(seconds=30)), window_ms=60_000)
+    heard = T0 + timedelta(seconds=40)
+    view = await served(service, rid, heard)
+    assert view == await derived(service, rid, heard)
+    status = DerivedStatus.model_validate_json(view or "{}")
+    assert (status.online, status.last_seen, status.devices_connected) == (True, T0 + timedelta(seconds=30), 1)
+
+    # The heartbeat at +30 s is the last: the device stops counting at +90 s, and nobody has settled
+    # that yet. The view must not answer online past it; derived, it is DISCONNECTED.
+    silent = T0 + timedelta(seconds=90)
+    assert await served(service, rid, silent - timedelta(milliseconds=1)) is not None
+    assert await served(service, rid, silent) is None
+    assert DerivedStatus.model_validate_json(await derived(service, rid, silent)).reason is OfflineReason.DISCONNECTED
+    # Nor past the closing at 23:00, nor before the instant it was derived at.
+    await store.heartbeats([(rid, "tablet", 1)], at_ms=ms(T0 + timedelta(hours=10)), window_ms=60_000)
+    assert await served(service, rid, T0 + timedelta(hours=10)) is None, "a heartbeat after a lapse is a transition"
+    await service.settle(rid, now=T0 + timedelta(hours=10))
+    assert await served(service, rid, T0 + timedelta(hours=10, seconds=1)) is not None
+    assert await served(service, rid, T0 + timedelta(hours=10) - timedelta(microseconds=1)) is None
+    assert await served(service, rid, datetime(2026, 11, 23, 23, 0, tzinfo=UTC)) is None
+
+
+async def test_a_change_of_the_facts_retires_the_view_until_the_next_settle(service: StatusService) -> None:
+    rid = "view-facts"
+    store = service.store
+    await store.set_profiles({rid: profile_json("A", "UTC", OpeningHours())})
+    await presence(store, rid, "tablet", 1, DeviceState.ONLINE, T0)
+    await service.settle(rid, now=T0)
+    at = T0 + timedelta(seconds=5)
+    await presence(store, rid, "tablet", 1, DeviceState.OFFLINE, at)
+    assert await served(service, rid, at) is None, "a will moves the version: derived until settled"
+    await service.settle(rid, now=at)
+    assert await served(service, rid, at) == await derived(service, rid, at)
+    noon = T0 + timedelta(minutes=1)
+    holiday = Unavailability(noon, noon + timedelta(hours=1), UnavailabilityReason.HOLIDAY)
+    await store.set_profiles({rid: profile_json("A", "UTC", OpeningHours(), [holiday])})
+    assert await served(service, rid, at) is None, "a new profile moves the version too"
+    await service.settle(rid, now=at)
+    assert await served(service, rid, noon - timedelta(microseconds=1)) is not None
+    assert await served(service, rid, noon) is None, "the unavailability's start is a boundary"
+
+
+async def test_hours_open_past_the_search_leave_no_view(service: StatusService) -> None:
+    # Open all week: `until` is the end of the 8 days looked at, and moves with the clock.
+    rid = "view-always"
+    await service.store.set_profiles({rid: profile_json("A", "UTC", ALWAYS_OPEN)})
+    await presence(service.store, rid, "tablet", 1, DeviceState.ONLINE, T0)
+    await service.settle(rid, now=T0)
+    assert await served(service, rid, T0 + timedelta(seconds=1)) is None
+
+
+@dataclass(frozen=True)
+class Step:
+    after_s: int
+    action: str
+    device: str = "a"
+    epoch: int = 1
+    ahead_s: int = 0
+
+
+HOURS = [OpeningHours(), OVERNIGHT, WEEKDAYS, ALWAYS_OPEN, ALWAYS_CLOSED]
+ZONES = ["UTC", "America/Sao_Paulo", "Europe/Berlin"]
+REASONS = list(UnavailabilityReason)
+DELAYS = st.one_of(st.sampled_from([0, 1, 29, 59, 60, 61, 600, 3600, 5 * 3600]), st.integers(0, 20_000))
+STEPS = st.builds(
+    Step,
+    after_s=DELAYS,
+    action=st.sampled_from(["birth", "birth", "stop", "beat", "beat", "beat", "settle", "settle", "sweep", "profile"]),
+    device=st.sampled_from(["a", "b"]),
+    epoch=st.integers(1, 3),
+    ahead_s=st.sampled_from([0, 0, 1, 300]),
+)
+UNAVAILABILITIES = st.lists(
+    st.builds(
+        lambda start, minutes, reason: Unavailability(
+            T0 + timedelta(minutes=start), T0 + timedelta(minutes=start + minutes), reason
+        ),
+        st.integers(-600, 3000),
+        st.integers(1, 600),
+        st.sampled_from(REASONS),
+    ),
+    max_size=3,
+)
+READS = st.lists(st.sampled_from([-10, 0, 1, 30, 59, 60, 61, 3600, 30_000, 100_000]), min_size=1, max_size=4)
+
+
+@hypothesis_settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    hours=st.sampled_from(HOURS),
+    zone=st.sampled_from(ZONES),
+    first=UNAVAILABILITIES,
+    second=UNAVAILABILITIES,
+    steps=st.lists(STEPS, min_size=1, max_size=25),
+    reads=READS,
+)
+def test_a_view_served_is_always_the_status_derived_at_that_instant(
+    settings: Settings,
+    hours: OpeningHours,
+    zone: str,
+    first: list[Unavailability],
+    second: list[Unavailability],
+    steps: list[Step],
+    reads: list[int],
+) -> None:
+    asyncio.run(_replay(settings, hours, zone, first, second, steps, reads))
+
+
+async def _replay(
+    settings: Settings,
+    hours: OpeningHours,
+    zone: str,
+    first: list[Unavailability],
+    second: list[Unavailability],
+    steps: list[Step],
+    reads: list[int],
+) -> None:
+    redis = Redis.from_url(settings.redis_url, decode_responses=True)
+    service = StatusService(PresenceStore(redis, settings.redis_prefix), WINDOW)
+    store = service.store
+    rid = f"view-prop-{next(_rids)}"
+    profiles = [profile_json("A", zone, hours, first), profile_json("A", zone, hours, second)]
+    await store.set_profiles({rid: profiles[0]})
+    now = T0
+    try:
+        for i, step in enumerate(steps):
+            now += timedelta(seconds=step.after_s, milliseconds=i)
+            if step.action in ("birth", "stop"):
+                state = DeviceState.ONLINE if step.action == "birth" else DeviceState.OFFLINE
+                await presence(store, rid, step.device, step.epoch, state, now)
+            elif step.action == "beat":
+                await store.heartbeats([(rid, step.device, step.epoch)], at_ms=ms(now), window_ms=60_000)
+            elif step.action == "settle":
+                await service.settle(rid, now=now + timedelta(seconds=step.ahead_s))
+            elif step.action == "sweep":
+                cutoff = ms(now - WINDOW)
+                stale = [(r, d, score, Event(type=EventType.DEVICE_OFFLINE, restaurant_id=r, device_id=d))
+                         for r, d, score in await store.stale_candidates(cutoff) if r == rid]  # fmt: skip
+                await store.mark_stale(stale, cutoff)
+            else:
+                await store.set_profiles({rid: profiles[i % 2]})
+            for offset in reads:
+                at = now + timedelta(seconds=offset)
+                view = await served(service, rid, at)
+                if view is not None:
+                    assert view == await derived(service, rid, at), f"step {i} {step}, read at {offset:+} s"
+    finally:
+        await redis.aclose()
+
+
+def test_last_seen_is_written_as_pydantic_writes_it() -> None:
+    for stamp in (1_764_170_000_000, 1_764_170_000_001, 1_764_170_000_120, 1_764_170_000_999):
+        status = DerivedStatus(restaurant_id="r", online=True, last_seen=from_ms(stamp))
+        assert f'"last_seen":{iso_ms(stamp)},' in status.model_dump_json()
