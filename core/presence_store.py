@@ -20,8 +20,8 @@ from core.status_codec import rules_from_json
 
 STATUS_OUTBOX = "m"  # the retained `restaurants/{rid}/status` still to publish
 
-View = tuple[str, str, str] | None  # a status view's meta, head and tail (core/status_view.py)
-NO_VIEW = ("", "", "")
+View = tuple[str, str] | None  # a status view's meta and JSON (core/status_view.py)
+NO_VIEW = ("", "")
 
 
 @lru_cache(maxsize=200_000)

@@ -10,8 +10,8 @@ status the status it just derived, with what it depends on (`view_of`):
 - `w`, "t0|until|window|c|l|devices": valid from t0 (µs) to the next clock boundary, for the same
   presence window, while each of the first c devices (connected at t0) is still heard and each of the
   next l (online but lapsed at t0) is still not; the last seen of all of them is filled in;
-- `wh` / `wt`, the status JSON before and after `last_seen`, which heartbeats move and the reader
-  fills in from the devices' `l:` fields.
+- `wj`, the status JSON with a NUL (never in JSON text) for `last_seen`, which heartbeats move and
+  the reader fills in from the devices' `l:` fields.
 
 `read_views.lua` serves a view only when all of that holds at the reader's instant, so a view is never
 a cache that can go stale: every other restaurant of the batch is derived as before. A view is not
@@ -39,8 +39,8 @@ def micros(at: datetime) -> int:
 
 def view_of(
     snap: RestaurantSnapshot, status: DerivedStatus, at: datetime, window: timedelta, status_json: str
-) -> tuple[str, str, str] | None:
-    """(meta, head, tail) of the view of `status`, derived from `snap` at `at`; None where none may stand."""
+) -> tuple[str, str] | None:
+    """(meta, JSON) of the view of `status`, derived from `snap` at `at`; None where none may stand."""
     if snap.rules is None or status.since is None or status.until is None or status.until >= at + SEARCH:
         return None
     if any((d.changed_at is not None and d.changed_at > at) or (d.last_seen is not None and d.last_seen > at)
@@ -66,7 +66,7 @@ def view_of(
         return None
     window_us = window // timedelta(microseconds=1)
     meta = f"{micros(at)}|{micros(till)}|{window_us}|{len(connected)}|{len(lapsed)}|{devices}"
-    return meta, head + LAST_SEEN, tail
+    return meta, f"{head}{LAST_SEEN}\0{tail}"
 
 
 @lru_cache(maxsize=4096)
@@ -96,11 +96,11 @@ class StatusViews:
         reply = await self._read(keys=[], args=[micros(now), self.window_us, self.store.key(""),
                                                 "\n".join(restaurant_ids)])  # fmt: skip
         out: list[str | None] = []
-        for i in range(0, len(reply), 3):
-            head = reply[i]
-            if head is None:
+        for i in range(0, len(reply), 2):
+            text = reply[i]
+            if text is None:
                 out.append(None)
             else:
                 seen = reply[i + 1]
-                out.append(head + (iso_ms(int(seen)) if seen else "null") + reply[i + 2])
+                out.append(text.replace("\0", iso_ms(int(seen)) if seen else "null", 1))
         return out

@@ -2,7 +2,7 @@
 -- KEYS[1] restaurant hash; optional KEYS[2] the state marker and KEYS[3] the rebuilding key (the
 -- writer's guard, core/state_marker.py).
 -- ARGV: expected_version, core, status_json, outbox_field, event_json, mqtt_outbox_field, the status
--- view's meta, head and tail (core/status_view.py; meta "" for none), and with the guard the writer's
+-- view's meta and JSON (core/status_view.py; meta "" for none), and with the guard the writer's
 -- instance (a bridge rebuilding the state may commit; nobody else meanwhile).
 -- Optimistic concurrency on one key: if the facts moved on (another bridge, the scheduler, the API)
 -- the caller re-reads and recomputes. Only a change of the status core (online, reason, detail) is a
@@ -18,7 +18,7 @@ if KEYS[2] and redis.call("EXISTS", KEYS[2]) == 0 then
 end
 if KEYS[3] then
   local rebuilder = redis.call("GET", KEYS[3])
-  if rebuilder and rebuilder ~= ARGV[10] then
+  if rebuilder and rebuilder ~= ARGV[9] then
     return -2
   end
 end
@@ -30,7 +30,7 @@ end
 -- without one alike (a clock boundary that changes nothing, a takeover), so it follows the facts.
 local function store_view(at_version)
   if ARGV[7] ~= "" then
-    redis.call("HSET", key, "wv", at_version, "w", ARGV[7], "wh", ARGV[8], "wt", ARGV[9])
+    redis.call("HSET", key, "wv", at_version, "w", ARGV[7], "wj", ARGV[8])
   end
 end
 if redis.call("HGET", key, "sc") == ARGV[2] then

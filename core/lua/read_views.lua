@@ -8,14 +8,14 @@
 -- of a live device bumps `v`), now is in [t0, until) (no clock boundary passed), the window is the
 -- same, every device connected at t0 is still heard within the window, and every device online but
 -- lapsed at t0 is still not (a heartbeat stamped before t0 may come in after it without a transition).
--- Returns three values per key: the view's JSON up to last_seen, last_seen in ms ("" for null) and
--- the JSON after it; or three false values where the status must be derived instead.
+-- Returns two values per key: the view's JSON with a NUL where last_seen goes, and last_seen in ms
+-- ("" for null); or two false values where the status must be derived instead.
 local now, window, prefix = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local out = {}
 local n = 0
 for rid in string.gmatch(ARGV[4], "[^\n]+") do
   local key = prefix .. rid
-  local f = redis.call("HMGET", key, "v", "wv", "w", "wh", "wt")
+  local f = redis.call("HMGET", key, "v", "wv", "w", "wj")
   local ok, last = false, -1
   if f[3] and f[1] == f[2] then
     -- meta: t0|until|window|how many devices were connected|how many lapsed|device ids in that order
@@ -42,10 +42,10 @@ for rid in string.gmatch(ARGV[4], "[^\n]+") do
     end
   end
   if ok then
-    out[n + 1], out[n + 2], out[n + 3] = f[4], last >= 0 and string.format("%d", last / 1000) or "", f[5]
+    out[n + 1], out[n + 2] = f[4], last >= 0 and string.format("%d", last / 1000) or ""
   else
-    out[n + 1], out[n + 2], out[n + 3] = false, false, false
+    out[n + 1], out[n + 2] = false, false
   end
-  n = n + 3
+  n = n + 2
 end
 return out
