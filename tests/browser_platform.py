@@ -10,7 +10,7 @@ import socket
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,6 +23,7 @@ from core.settings import Settings
 from tests.helpers import wait_until
 
 CHROMIUM = Path("/usr/bin/chromium")
+TEARDOWN_S = 30.0  # one step of a teardown; the test's whole budget is pytest's 120 s
 # Without the background-networking flags Chromium keeps dialling Google's hosts, which this
 # machine's closed network refuses; --no-sandbox because the tests may run as root.
 CHROMIUM_ARGS = [
@@ -67,7 +68,7 @@ async def running(worker: Worker, ready: Callable[[], bool], name: str) -> Async
 async def served_api(settings: Settings, port: int) -> AsyncIterator[str]:
     """The API (with its lifespan) on 127.0.0.1:`port`; yields its base URL. Can be served again on the same port."""
     app = create_app(settings)
-    async with app.router.lifespan_context(app):
+    async with bounded_exit(app.router.lifespan_context(app), "the API's lifespan shutdown"):
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", port))
@@ -154,7 +155,26 @@ async def chromium() -> AsyncIterator[Browser]:
         try:
             yield browser
         finally:
-            await browser.close()
+            # Bounded, and named when it overruns: a teardown once used up the test's whole 120 s
+            # waiting on something the traceback did not name (Chromium's close, or the API's shutdown).
+            try:
+                await asyncio.wait_for(browser.close(), TEARDOWN_S)
+            except TimeoutError:
+                raise TimeoutError(f"Chromium took over {TEARDOWN_S} s to close") from None
+
+
+@asynccontextmanager
+async def bounded_exit(context: AbstractAsyncContextManager[Any], what: str) -> AsyncIterator[None]:
+    """`async with context`, whose exit must end within TEARDOWN_S or fail naming `what`."""
+    async with AsyncExitStack() as stack:
+        await stack.enter_async_context(context)
+        try:
+            yield
+        finally:
+            try:
+                await asyncio.wait_for(stack.aclose(), TEARDOWN_S)
+            except TimeoutError:
+                raise TimeoutError(f"{what} took over {TEARDOWN_S} s") from None
 
 
 class PageErrors:
