@@ -123,6 +123,7 @@ class ScaleResult:
     open_files: dict[str, list[int]] = field(default_factory=dict)  # per shard and per simulator
     probes: ProbeFigures = field(default_factory=ProbeFigures)
     batch: BatchLoad | None = None
+    will_grace_s: float = 0.5  # the bridge's hold of every will (PRESENCE_WILL_GRACE_S)
     log_problems: dict[str, list[str]] = field(default_factory=dict)
     limited_by: list[str] = field(default_factory=list)
 
@@ -188,7 +189,7 @@ def cpu_of(groups: dict[str, list[int]]) -> dict[str, float]:
 def run_scale(base: Settings, shards: MosquittoShards, root: Path, config: ScaleConfig,
               backend_pids: dict[str, int] | None = None) -> ScaleResult:  # fmt: skip
     """The whole scenario against servers the caller started (Redis, RabbitMQ, FerretDB) and `shards`."""
-    result = ScaleResult(config)
+    result = ScaleResult(config, will_grace_s=base.will_grace_s)
     bridge_port, api_port, feed_port = free_ports(3)
     settings = base.model_copy(update={
         "mqtt_brokers": shards.urls, "stale_after_s": config.window_s, "heartbeat_interval_s": config.heartbeat_s,
@@ -392,8 +393,8 @@ def _verdict(ok: bool, how: str = "") -> str:
     return ("goal met" if ok else "GOAL MISSED") + (f" ({how})" if how else "")
 
 
-def scale_rows(r: ScaleResult, will_grace_s: float = 0.5) -> list[Row]:
-    c, p = r.config, r.probes
+def scale_rows(r: ScaleResult) -> list[Row]:
+    c, p, will_grace_s = r.config, r.probes, r.will_grace_s
     n = c.sessions
     rows = [
         Row("scale", f"sessions connected ({c.shards} Mosquitto shards, {r.sims} client_sim processes)",
@@ -448,12 +449,14 @@ def scale_rows(r: ScaleResult, will_grace_s: float = 0.5) -> list[Row]:
             _dist_s(p.app_s), f"goal ≤ window {c.window_s:.0f} + 2 s; session kept: {p.app_pings_answered}",
             _verdict(bool(p.app_s) and max(p.app_s) <= c.window_s + 2, f"{p.app_missed} missed")),
     ]  # fmt: skip
+    # The goal counts from the will: the bridge's hold (a takeover's birth may follow its will) is in it.
     net = [v - 1000 * will_grace_s for v in p.crash_ws_ms]
     rows += [
         Row("scale", "will → dashboard websocket, under the steady load (close → frame)", _dist(p.crash_ws_ms),
-            f"of which {1000 * will_grace_s:.0f} ms is the bridge holding every will (will_grace_s)", ""),
-        Row("scale", "  the same, less the will grace", _dist(net), "goal p99 ≤ 300 ms",
-            _verdict(bool(net) and percentile(net, 99) <= 300, f"{p.ws_missed} frames missed")),
+            f"goal p99 ≤ 300 ms; of which {1000 * will_grace_s:.0f} ms is the bridge holding every will "
+            "(will_grace_s)", _verdict(bool(p.crash_ws_ms) and percentile(p.crash_ws_ms, 99) <= 300,
+                                       f"{p.ws_missed} frames missed")),
+        Row("scale", "  the same, less the will hold", _dist(net), "the platform's own pipeline", ""),
     ]  # fmt: skip
     b = r.batch
     if b is not None:

@@ -121,7 +121,7 @@ def _detail_since(
     return max(opened, _unavailable_since(unavailabilities, now))
 
 
-def _unavailable_until(unavailabilities: Sequence[Unavailability], at: datetime) -> datetime:
+def unavailable_until(unavailabilities: Sequence[Unavailability], at: datetime) -> datetime:
     until = at
     changed = True
     while changed:
@@ -133,7 +133,7 @@ def _unavailable_until(unavailabilities: Sequence[Unavailability], at: datetime)
     return until
 
 
-def _next_unavailability_start(unavailabilities: Sequence[Unavailability], at: datetime) -> datetime | None:
+def next_unavailability_start(unavailabilities: Sequence[Unavailability], at: datetime) -> datetime | None:
     starts = [u.start for u in unavailabilities if u.start > at and u.effective_end > u.start]
     return min(starts, default=None)
 
@@ -160,14 +160,14 @@ def derive_status(
     elif covering:
         core = StatusCore(online=False, reason=OfflineReason.UNAVAILABLE, detail=covering[0].reason.value)
         since = _detail_since(rules.unavailabilities, now, opening[0], covering[0].reason)
-        until = min(opening[1], _unavailable_until(rules.unavailabilities, now))
+        until = min(opening[1], unavailable_until(rules.unavailabilities, now))
     else:
         unav_end = max(
             (u.effective_end for u in rules.unavailabilities if u.effective_end <= now and u.effective_end > u.start),
             default=opening[0],
         )
         clock_since = max(opening[0], unav_end)
-        next_unav = _next_unavailability_start(rules.unavailabilities, now)
+        next_unav = next_unavailability_start(rules.unavailabilities, now)
         until = opening[1] if next_unav is None else min(opening[1], next_unav)
         if connected:
             core = StatusCore(online=True)

@@ -24,13 +24,26 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from functools import lru_cache
 
-from core.hours import SEARCH
+from pydantic import TypeAdapter
+
+from core.hours import SEARCH, open_intervals
 from core.messages import DeviceState
 from core.presence_store import PresenceStore, RestaurantSnapshot, load_script
-from core.status import DerivedStatus, OfflineReason, next_clock_boundary
+from core.status import (
+    DerivedStatus,
+    OfflineReason,
+    next_clock_boundary,
+    next_unavailability_start,
+    unavailable_until,
+)
 
 SPLIT_AT = ',"devices_connected":'
-LAST_SEEN = '"last_seen":'
+LAST_SEEN = ',"last_seen":'
+UNTIL = '"until":'
+SEEN = "\0"  # where the reader writes last_seen (NUL is never in JSON text)
+MOVING = "\1"  # where the reader writes until = now + SEARCH (hours open all week)
+NEVER_CLOSES = SEARCH + timedelta(days=1)  # weekly hours with no closing in 9 days have none at all
+_UNTIL_JSON = TypeAdapter(datetime)
 
 
 def micros(at: datetime) -> int:
@@ -41,32 +54,51 @@ def view_of(
     snap: RestaurantSnapshot, status: DerivedStatus, at: datetime, window: timedelta, status_json: str
 ) -> tuple[str, str] | None:
     """(meta, JSON) of the view of `status`, derived from `snap` at `at`; None where none may stand."""
-    if snap.rules is None or status.since is None or status.until is None or status.until >= at + SEARCH:
+    rules = snap.rules
+    if rules is None or status.since is None or status.until is None:
         return None
     if any((d.changed_at is not None and d.changed_at > at) or (d.last_seen is not None and d.last_seen > at)
            for d in snap.devices):  # fmt: skip
         return None  # stamped ahead of `at` (another host's clock): the status would move when `at` reaches it
-    if status.reason is OfflineReason.UNAVAILABLE:
-        # Overlapping unavailabilities change the detail before the end of their union (`until`).
-        till = next_clock_boundary(snap.rules, at)
-        if till is None:
+    moving = status.until == at + SEARCH
+    if moving:
+        # `until` is the end of the days looked at, not a boundary: open all week (never closing), and
+        # no unavailability starting or ending sooner. It reads `now + SEARCH` while that holds, so the
+        # reader writes it in, until the cap (the next unavailability, or the end of the one under way)
+        # comes within SEARCH.
+        if open_intervals(rules.hours, rules.timezone, at, at + NEVER_CLOSES) != [(at, at + NEVER_CLOSES)]:
             return None
+        if status.reason is OfflineReason.UNAVAILABLE:
+            cap: datetime | None = unavailable_until(rules.unavailabilities, at)
+        else:
+            cap = next_unavailability_start(rules.unavailabilities, at)
+        boundary = next_clock_boundary(rules, at)
+        till = min(t for t in (boundary, cap - SEARCH if cap else None, at + SEARCH) if t is not None)
+    elif status.until > at + SEARCH:
+        return None
+    elif status.reason is OfflineReason.UNAVAILABLE:
+        # Overlapping unavailabilities change the detail before the end of their union (`until`).
+        till = next_clock_boundary(rules, at) or at
     else:
         # Open (or disconnected): `until` is the closing or the next unavailability, the first boundary.
         # Closed: nothing but the next opening changes the status.
         till = status.until
+    if till <= at:
+        return None
     online = [d for d in snap.devices if d.state is DeviceState.ONLINE]
     connected = [d.device_id for d in online if d.connected_at(at, window)]
     lapsed = [d.device_id for d in online if not d.connected_at(at, window)]
     offline = [d.device_id for d in snap.devices if d.state is not DeviceState.ONLINE]
     devices = " ".join([*connected, *lapsed, *offline])
-    head, found, rest = status_json.partition(LAST_SEEN)
-    tail = rest[rest.index(SPLIT_AT) :] if found else ""
-    if not tail:
+    # Field order: …, "until", "last_seen", "devices_connected" (DerivedStatus).
+    head, found, rest = status_json.partition(UNTIL)
+    until, found_too, rest = rest.partition(LAST_SEEN)
+    if not (found and found_too) or SPLIT_AT not in rest:
         return None
+    tail = rest[rest.index(SPLIT_AT) :]
     window_us = window // timedelta(microseconds=1)
     meta = f"{micros(at)}|{micros(till)}|{window_us}|{len(connected)}|{len(lapsed)}|{devices}"
-    return meta, f"{head}{LAST_SEEN}\0{tail}"
+    return meta, f"{head}{UNTIL}{MOVING if moving else until}{LAST_SEEN}{SEEN}{tail}"
 
 
 @lru_cache(maxsize=4096)
@@ -95,6 +127,7 @@ class StatusViews:
         # Ids are checked (A-Z a-z 0-9 _ -) before they get here: a newline cannot be one of them.
         reply = await self._read(keys=[], args=[micros(now), self.window_us, self.store.key(""),
                                                 "\n".join(restaurant_ids)])  # fmt: skip
+        moving = _UNTIL_JSON.dump_json(now + SEARCH).decode()  # as DerivedStatus writes it
         out: list[str | None] = []
         for i in range(0, len(reply), 2):
             text = reply[i]
@@ -102,5 +135,6 @@ class StatusViews:
                 out.append(None)
             else:
                 seen = reply[i + 1]
-                out.append(text.replace("\0", iso_ms(int(seen)) if seen else "null", 1))
+                text = text.replace(SEEN, iso_ms(int(seen)) if seen else "null", 1)
+                out.append(text.replace(MOVING, moving, 1) if MOVING in text else text)
         return out

@@ -12,7 +12,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
-from core.hours import DayHours, OpeningHours
+from core.hours import SEARCH, DayHours, OpeningHours
 from core.messages import DeviceState, Event, EventType
 from core.presence_store import PresenceStore, from_ms
 from core.settings import Settings
@@ -106,13 +106,24 @@ async def test_a_change_of_the_facts_retires_the_view_until_the_next_settle(serv
     assert await served(service, rid, noon) is None, "the unavailability's start is a boundary"
 
 
-async def test_hours_open_past_the_search_leave_no_view(service: StatusService) -> None:
-    # Open all week: `until` is the end of the 8 days looked at, and moves with the clock.
+async def test_open_all_week_is_served_with_until_moving_with_the_clock(service: StatusService) -> None:
+    # Open all week, `until` is the end of the 8 days looked at: it moves with the clock, and the view
+    # writes it in, until the next unavailability comes within those 8 days.
     rid = "view-always"
-    await service.store.set_profiles({rid: profile_json("A", "UTC", ALWAYS_OPEN)})
-    await presence(service.store, rid, "tablet", 1, DeviceState.ONLINE, T0)
+    store = service.store
+    start = T0 + timedelta(days=10)
+    holiday = Unavailability(start, start + timedelta(hours=2), UnavailabilityReason.HOLIDAY)
+    await store.set_profiles({rid: profile_json("A", "UTC", ALWAYS_OPEN, [holiday])})
+    await presence(store, rid, "tablet", 1, DeviceState.ONLINE, T0)
     await service.settle(rid, now=T0)
-    assert await served(service, rid, T0 + timedelta(seconds=1)) is None
+    for offset in (timedelta(seconds=1), timedelta(seconds=59), timedelta(days=2) - timedelta(microseconds=1)):
+        heard = T0 + offset - timedelta(seconds=1)
+        await store.heartbeats([(rid, "tablet", 1)], at_ms=ms(heard), window_ms=60_000)
+        await service.settle(rid, now=heard)  # as the bridge does after a heartbeat that ends a lapse
+        view = await served(service, rid, T0 + offset)
+        assert view == await derived(service, rid, T0 + offset)
+        assert DerivedStatus.model_validate_json(view or "{}").until == T0 + offset + SEARCH
+    assert await served(service, rid, T0 + timedelta(days=2)) is None, "the holiday is now within the search"
 
 
 @dataclass(frozen=True)
@@ -141,13 +152,15 @@ UNAVAILABILITIES = st.lists(
         lambda start, minutes, reason: Unavailability(
             T0 + timedelta(minutes=start), T0 + timedelta(minutes=start + minutes), reason
         ),
-        st.integers(-600, 3000),
-        st.integers(1, 600),
+        st.one_of(st.integers(-600, 3000), st.integers(3000, 17_000)),  # up to ~12 days ahead
+        st.one_of(st.integers(1, 600), st.integers(600, 20_000)),
         st.sampled_from(REASONS),
     ),
     max_size=3,
 )
-READS = st.lists(st.sampled_from([-10, 0, 1, 30, 59, 60, 61, 3600, 30_000, 100_000]), min_size=1, max_size=4)
+READS = st.lists(
+    st.sampled_from([-10, 0, 1, 30, 59, 60, 61, 3600, 30_000, 100_000, 300_000, 700_000]), min_size=1, max_size=4
+)
 
 
 @hypothesis_settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
