@@ -48,9 +48,9 @@ async def _facts(settings: Settings, ids: list[str]) -> int:
     """Hours and facts of a running platform, settled; returns how many statuses then stand as views.
 
     Nine in ten restaurants keep the usual hours (10:00-23:00 in their zone) and one in ten is open all
-    week (its `until` moves with the clock, so it is derived on every read: core/status_view.py); a
-    tenth have an unavailability two hours ahead. Half have an online device, born now. Every one is
-    then settled once, as the bridge and the scheduler settle a running platform's restaurants.
+    week (its `until` moves with the clock: core/status_view.py); a tenth have an unavailability two
+    hours ahead. Half have an online device, born now. Every one is then settled once, as the bridge
+    and the scheduler settle a running platform's restaurants.
     """
     redis = Redis.from_url(settings.redis_url, decode_responses=True)
     store = PresenceStore(redis, settings.redis_prefix)
@@ -135,7 +135,7 @@ def batch_status_rows(r: BatchStatusResult) -> list[Row]:
             f"API {r.api_cpu_s / max(r.wall_s, 1e-9):.2f} cores ({r.api_cpu_s:.1f} s CPU in {r.wall_s:.1f} s)"),
         Row("status", "  one client alone", _dist(b.one_client_ms), "same request, nobody else asking"),
         Row("status", "  statuses standing as views at the start", f"{r.views:,} of {r.restaurants:,}",
-            "the others derived on every read (open all week: no view)"),
+            "the others derived on every read"),
         Row("status", f"  baseline: {b.ids_per_request:,} single GETs", _dist(b.single_get_ms),
             "one keep-alive client"),
     ]  # fmt: skip
