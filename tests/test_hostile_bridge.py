@@ -117,7 +117,10 @@ SHAPE_BREAKS = {
 }
 REQUIRED = {"presence": st.sampled_from(["epoch", "ts", "state"]), "heartbeat": st.sampled_from(["epoch", "ts"])}
 NOT_AN_OBJECT = st.one_of(JUNK_SCALAR, st.lists(JUNK_SCALAR, max_size=3))
-EXTRA_KEY = st.text(LEVEL_CHARS, min_size=1, max_size=8)
+# An extra key must not be one of the payload's own fields: a "valid" heartbeat whose extra key is "ts"
+# with a junk value is not valid. In two fresh-clone runs the bridge counted 3 bad_heartbeat where the
+# test expected unknown_restaurant (the draws of a full run differ from those of this file alone).
+EXTRA_KEY = st.text(LEVEL_CHARS, min_size=1, max_size=8).filter(lambda k: k not in ("epoch", "ts", "state", "cause"))
 STATES = st.sampled_from(["online", "offline"])
 BINARY = st.binary(max_size=200)
 ANY_TEXT = st.text(max_size=60)
