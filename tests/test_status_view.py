@@ -163,8 +163,18 @@ READS = st.lists(
 )
 
 
-@hypothesis_settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(
+@dataclass(frozen=True)
+class Scenario:
+    hours: OpeningHours
+    zone: str
+    first: list[Unavailability]  # the profile's unavailabilities, and those of the profile it changes to
+    second: list[Unavailability]
+    steps: list[Step]
+    reads: list[int]  # seconds after each step at which the view is read
+
+
+SCENARIOS = st.builds(
+    Scenario,
     hours=st.sampled_from(HOURS),
     zone=st.sampled_from(ZONES),
     first=UNAVAILABILITIES,
@@ -172,27 +182,17 @@ READS = st.lists(
     steps=st.lists(STEPS, min_size=1, max_size=25),
     reads=READS,
 )
-def test_a_view_served_is_always_the_status_derived_at_that_instant(
-    settings: Settings,
-    hours: OpeningHours,
-    zone: str,
-    first: list[Unavailability],
-    second: list[Unavailability],
-    steps: list[Step],
-    reads: list[int],
-) -> None:
-    asyncio.run(_replay(settings, hours, zone, first, second, steps, reads))
 
 
-async def _replay(
-    settings: Settings,
-    hours: OpeningHours,
-    zone: str,
-    first: list[Unavailability],
-    second: list[Unavailability],
-    steps: list[Step],
-    reads: list[int],
-) -> None:
+@hypothesis_settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(scenario=SCENARIOS)
+def test_a_view_served_is_always_the_status_derived_at_that_instant(settings: Settings, scenario: Scenario) -> None:
+    asyncio.run(_replay(settings, scenario))
+
+
+async def _replay(settings: Settings, scenario: Scenario) -> None:
+    hours, zone, first, second = scenario.hours, scenario.zone, scenario.first, scenario.second
+    steps, reads = scenario.steps, scenario.reads
     redis = Redis.from_url(settings.redis_url, decode_responses=True)
     service = StatusService(PresenceStore(redis, settings.redis_prefix), WINDOW)
     store = service.store
