@@ -260,12 +260,19 @@ class PresenceStore:
         return self._results(raw, list(candidates), fields, lambda item: item[3])
 
     async def commit_status(
-        self, restaurant_id: str, version: int, status: DerivedStatus, event: Event, view: View = None
+        self,
+        restaurant_id: str,
+        version: int,
+        status: DerivedStatus,
+        event: Event,
+        view: View = None,
+        status_json: str | None = None,
     ) -> tuple[int, str]:
         """-2: refused by the guard (`guard_commits`); -1: the facts moved on (recompute); 0: no transition;
-        1: committed with its outbox entry. `view` (core/status_view.py) is stored with 0 and 1."""
+        1: committed with its outbox entry. `view` (core/status_view.py) is stored with 0 and 1.
+        `status_json`, if the caller has it, must be `status.model_dump_json()`."""
         name = outbox_field()
-        status_json = status.model_dump_json()  # Settled.status_json must equal this byte for byte
+        status_json = status_json or status.model_dump_json()  # Settled.status_json must equal this byte for byte
         code = await self._commit(
             keys=[self.key(restaurant_id), *self._guard_keys],
             args=[version, status.core.model_dump_json(), status_json, name, event.model_dump_json(), STATUS_OUTBOX,
@@ -274,18 +281,18 @@ class PresenceStore:
         return int(code), name
 
     async def commit_statuses(
-        self, commits: Sequence[tuple[str, int, DerivedStatus, Event, View]]
+        self, commits: Sequence[tuple[str, int, DerivedStatus, Event, View, str]]
     ) -> list[tuple[int | Exception, str, str]]:
-        """`commit_status` for many (rid, version, status, event, view) in one round trip.
+        """`commit_status` for many (rid, version, status, event, view, status json) in one round trip.
 
         A plain pipeline, not a transaction: every script is its own compare-and-set on its own key
         (cluster-safe), and one that fails is returned as its exception without failing the others.
         Returns (code, outbox field, status json) for each, in order.
         """
         names = [outbox_field() for _ in commits]
-        statuses = [status.model_dump_json() for _, _, status, _, _ in commits]
+        statuses = [status_json for *_, status_json in commits]
         async with self.redis.pipeline(transaction=False) as pipe:
-            for (rid, version, status, event, view), name, status_json in zip(commits, names, statuses, strict=True):
+            for (rid, version, status, event, view, status_json), name in zip(commits, names, strict=True):
                 await self._commit(
                     keys=[self.key(rid), *self._guard_keys],
                     args=[version, status.core.model_dump_json(), status_json, name, event.model_dump_json(),

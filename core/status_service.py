@@ -143,8 +143,9 @@ class StatusService:
                 restaurant_id=restaurant_id,
                 data=status.model_dump(mode="json"),
             )
-            view = view_of(snap, status, at, self.window, status.model_dump_json())
-            code, field = await self.store.commit_status(restaurant_id, snap.version, status, event, view)
+            status_json = status.model_dump_json()
+            view = view_of(snap, status, at, self.window, status_json)
+            code, field = await self.store.commit_status(restaurant_id, snap.version, status, event, view, status_json)
             if code == 1:
                 return Settled(status, event, field, status.model_dump_json())
             if code == 0:
@@ -174,7 +175,7 @@ class StatusService:
         unknown = set(out.unknown)
         at = now or utc_now()
         each = each or {}
-        commits: list[tuple[str, int, DerivedStatus, Event, View]] = []
+        commits: list[tuple[str, int, DerivedStatus, Event, View, str]] = []
         for snap in snaps:
             if snap.restaurant_id in unknown:
                 continue
@@ -183,16 +184,17 @@ class StatusService:
             try:
                 derived_at = as_of(snap, instant) if instant else at
                 status = self.derive(snap, derived_at)
-                view = view_of(snap, status, derived_at, self.window, status.model_dump_json())
+                status_json = status.model_dump_json()
+                view = view_of(snap, status, derived_at, self.window, status_json)
             except Exception as exc:
                 out.failed[snap.restaurant_id] = exc
                 continue
             event = Event(type=EventType.STATUS_CHANGED, restaurant_id=snap.restaurant_id,
                           data=status.model_dump(mode="json"))  # fmt: skip
-            commits.append((snap.restaurant_id, snap.version, status, event, view))
+            commits.append((snap.restaurant_id, snap.version, status, event, view, status_json))
         moved: list[str] = []
         replies = await self.store.commit_statuses(commits)
-        for (rid, _, status, event, _), (code, name, status_json) in zip(commits, replies, strict=True):
+        for (rid, _, status, event, _, _), (code, name, status_json) in zip(commits, replies, strict=True):
             if isinstance(code, Exception):
                 out.failed[rid] = code
             elif code == 1:
