@@ -147,7 +147,7 @@ class StatusService:
             view = view_of(snap, status, at, self.window, status_json)
             code, field = await self.store.commit_status(restaurant_id, snap.version, status, event, view, status_json)
             if code == 1:
-                return Settled(status, event, field, status.model_dump_json())
+                return Settled(status, event, field, status_json)
             if code == 0:
                 return None
             if code == -2:
