@@ -270,15 +270,12 @@ class PresenceStore:
     ) -> tuple[int, str]:
         """-2: refused by the guard (`guard_commits`); -1: the facts moved on (recompute); 0: no transition;
         1: committed with its outbox entry. `view` (core/status_view.py) is stored with 0 and 1.
-        `status_json`, if the caller has it, must be `status.model_dump_json()`."""
-        name = outbox_field()
-        status_json = status_json or status.model_dump_json()  # Settled.status_json must equal this byte for byte
-        code = await self._commit(
-            keys=[self.key(restaurant_id), *self._guard_keys],
-            args=[version, status.core.model_dump_json(), status_json, name, event.model_dump_json(), STATUS_OUTBOX,
-                  *(view or NO_VIEW), *self._guard_args],
-        )  # fmt: skip
-        return int(code), name
+        `status_json`, if the caller has it, must be `status.model_dump_json()`: `commit_statuses` of one."""
+        commit = (restaurant_id, version, status, event, view, status_json or status.model_dump_json())
+        code, name, _ = (await self.commit_statuses([commit]))[0]
+        if isinstance(code, Exception):
+            raise code
+        return code, name
 
     async def commit_statuses(
         self, commits: Sequence[tuple[str, int, DerivedStatus, Event, View, str]]
