@@ -75,6 +75,13 @@ class Probe:
         self._send(wire.publish_packet(heartbeat_topic(self.rid, DEVICE), b'{"epoch":%d,"ts":%d}' % (self.epoch, sent)))
         return sent
 
+    def forget(self) -> None:
+        """Connect again and clear the retained presence that the birth (or the will) left."""
+        self.connect(keepalive=60)
+        self._send(wire.publish_packet(presence_topic(self.rid, DEVICE), b"", qos=1, retain=True))
+        self._expect(wire.PUBACK)
+        self.close()
+
     def ping(self) -> None:
         self._send(PINGREQ)
         self.drain()

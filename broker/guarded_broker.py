@@ -12,10 +12,15 @@ client on the broker holds, with no permission check: one restaurant's device re
 restaurant's retained presence (and the loop over the broker's subscriptions can fail with
 "dictionary changed size during iteration" when several clients connect at once).
 
+and it never ends a silent connection: its reader waits `keep_alive` seconds for a packet, logs the
+timeout and waits again, so a device whose network vanished held its session, and its will, until the
+operating system gave the socket up (never, for a peer that sends nothing).
+
 `GuardedBroker` replays retained messages only for filters the session itself holds, and
 authenticates first, then ends the old connection the way a lost connection ends
 (its will is published, as Mosquitto does on a takeover) and waits for that before it continues.
-The amqtt version is pinned (pyproject.toml) because this overrides a private method.
+`KeepaliveHandler` ends a connection silent for one and a half keep-alives [MQTT-3.1.2-24] the same way.
+The amqtt version is pinned (pyproject.toml) because this overrides private methods.
 """
 
 import asyncio
@@ -33,12 +38,30 @@ logger = logging.getLogger(__name__)
 TAKEOVER_TIMEOUT_S = 5.0
 
 
+def silence_allowed_s(keep_alive: int) -> int:
+    """One and a half keep-alives, rounded up to amqtt's whole seconds; 0: no keep-alive."""
+    return (keep_alive * 3 + 1) // 2
+
+
+class KeepaliveHandler(BrokerProtocolHandler):
+    """Ends a connection that sent nothing for its allowed silence as a lost one: its will is published."""
+
+    _closing: asyncio.Task[None] | None = None
+
+    def handle_read_timeout(self) -> None:
+        # Called from the reader loop (which then waits again); the broker's clean-up cancels that loop.
+        if self._closing is None:
+            client = self.session.client_id if self.session else None
+            logger.info("client %r sent nothing for 1.5 keep-alives: closing its connection", client)
+            self._closing = asyncio.ensure_future(self.handle_connection_closed())
+
+
 class GuardedBroker(Broker):
     async def _initialize_client_session(
         self, reader: ReaderAdapter, writer: WriterAdapter, remote_address: str, remote_port: int
     ) -> tuple[BrokerProtocolHandler, Session]:
         try:
-            handler, incoming = await BrokerProtocolHandler.init_from_connect(reader, writer, self.plugins_manager)
+            handler, incoming = await KeepaliveHandler.init_from_connect(reader, writer, self.plugins_manager)
         except (AMQTTError, MQTTError, NoDataError) as exc:
             # amqtt has already answered a malformed CONNECT where it could; the caller logs and closes.
             raise AMQTTError(f"bad CONNECT from {remote_address}:{remote_port}: {exc}") from exc
@@ -72,9 +95,11 @@ class GuardedBroker(Broker):
             await self._delete_session(client_id)  # nothing to resume
         session.parent = 1 if session is existing else 0
 
+        # amqtt's reader waits `keep_alive` seconds for each packet: make that the allowed silence (plus
+        # its broker-wide `timeout-disconnect-delay`, 0 unless configured).
         delay = self.config.get("timeout-disconnect-delay", 0)
-        if session.keep_alive > 0 and isinstance(delay, int):
-            session.keep_alive += delay
+        if session.keep_alive > 0:
+            session.keep_alive = silence_allowed_s(session.keep_alive) + (delay if isinstance(delay, int) else 0)
         return handler, session
 
     async def _end_old_connection(self, client_id: str, session: Session) -> None:
