@@ -7,6 +7,7 @@ ranking the offline ranking over N restaurants × 30 days of history: top 100 an
 churn   the whole platform under client_sim's churn against its ground truth (not part of `all`; bench/churn.py)
 scale   100,000 sessions over Mosquitto shards: storm, steady load, crash detection, batch status (not in `all`)
 status  batch status of 1,000 ids from 20 concurrent clients, on its own (goal p99 ≤ 20 ms)
+detection  crash, silent drop and silent app detection on Mosquitto and on amqtt, nothing else connected
 """
 
 import argparse
@@ -22,6 +23,7 @@ from types import FrameType
 from bench.batch_status import batch_status_benchmark, batch_status_rows
 from bench.birth_latency import birth_benchmark
 from bench.churn import FAULTS, ChurnConfig, Fault, churn
+from bench.detection import BROKERS, DetectionConfig, detection_benchmark, detection_result_rows
 from bench.harness import Machine
 from bench.ingest import IngestConfig, ingest_benchmark
 from bench.load import publisher_count
@@ -47,7 +49,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "which",
         nargs="?",
-        choices=["all", "ingest", "birth", "burst", "ranking", "churn", "scale", "status"],
+        choices=["all", "ingest", "birth", "burst", "ranking", "churn", "scale", "status", "detection"],
         default="all",
     )
     parser.add_argument("--quick", action="store_true", help="reduced sizes: all of it in under two minutes")
@@ -74,6 +76,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--churn-restaurants", type=int, help="churn: restaurants (full 10,000; quick 500)")
     parser.add_argument("--churn-duration", type=float, help="churn: seconds (full 600, a checkpoint a minute)")
     parser.add_argument("--fault", choices=sorted(FAULTS), help="churn: inject this fault a third into the run")
+    parser.add_argument("--broker", choices=BROKERS, help="detection: only this broker (default: both)")
     parser.add_argument("--sessions", type=int, help="scale: device sessions (full 100,000; quick 5,000)")
     parser.add_argument("--shards", type=int, help="scale: Mosquitto shards (full 8; quick 3)")
     parser.add_argument("--ramp", type=float, help="scale: seconds over which the sessions connect (full 60; quick 15)")
@@ -176,6 +179,13 @@ def main(argv: list[str] | None = None) -> int:
         scale = scale_benchmark(scale_config, args.keep)
         rows += scale_rows(scale)
         raw["scale"] = dataclasses.asdict(scale)
+    if args.which in ("all", "detection"):
+        detection_config = DetectionConfig.quick() if args.quick else DetectionConfig()
+        brokers = (args.broker,) if args.broker else BROKERS
+        print(f"bench: detection on {', '.join(brokers)} with {detection_config}", file=sys.stderr)
+        detected = detection_benchmark(detection_config, brokers, args.keep)
+        rows += detection_result_rows(detected)
+        raw["detection"] = [dataclasses.asdict(d) for d in detected]
     meta["seconds"] = round(time.monotonic() - t0, 1)
     print()
     print(f"{meta['command']}  —  {meta['date']}  —  {meta['machine']}  —  {meta['seconds']} s")

@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from api.security import Principal, create_access_token
 from bench.birth_latency import percentile
 from bench.harness import api_process, private_servers, provision, restaurant_ids, tree_cpu_seconds
-from bench.report import Row
+from bench.report import Row, dist_ms
 from bench.scale_status import BatchLoad, batch_load
 from core.documents import Role
 from core.hours import OpeningHours
@@ -116,12 +116,6 @@ def batch_status_benchmark(
     return result
 
 
-def _dist(values: list[float]) -> str:
-    if not values:
-        return "no samples"
-    return f"p50 {percentile(values, 50):.1f} / p99 {percentile(values, 99):.1f} / max {max(values):.1f} ms"
-
-
 def batch_status_rows(r: BatchStatusResult) -> list[Row]:
     b = r.load
     rate = len(b.latencies_ms) * b.ids_per_request / max(b.seconds, 1e-9)
@@ -129,13 +123,13 @@ def batch_status_rows(r: BatchStatusResult) -> list[Row]:
     return [
         Row("status", f"batch of {b.ids_per_request:,} ids, {b.clients} concurrent clients, {r.api_workers} API "
             f"process{'es' if r.api_workers > 1 else ''} ({r.restaurants:,} known)",
-            _dist(b.latencies_ms), "goal p99 ≤ 20 ms",
+            dist_ms(b.latencies_ms, 1), "goal p99 ≤ 20 ms",
             ("goal met" if met else "GOAL MISSED") + f" ({b.wrong_answers} wrong, {len(b.errors)} errors)"),
         Row("status", "  statuses served, API CPU", f"{rate:,.0f} ids/s",
             f"API {r.api_cpu_s / max(r.wall_s, 1e-9):.2f} cores ({r.api_cpu_s:.1f} s CPU in {r.wall_s:.1f} s)"),
-        Row("status", "  one client alone", _dist(b.one_client_ms), "same request, nobody else asking"),
+        Row("status", "  one client alone", dist_ms(b.one_client_ms, 1), "same request, nobody else asking"),
         Row("status", "  statuses standing as views at the start", f"{r.views:,} of {r.restaurants:,}",
             "the others derived on every read"),
-        Row("status", f"  baseline: {b.ids_per_request:,} single GETs", _dist(b.single_get_ms),
+        Row("status", f"  baseline: {b.ids_per_request:,} single GETs", dist_ms(b.single_get_ms, 1),
             "one keep-alive client"),
     ]  # fmt: skip

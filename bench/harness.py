@@ -52,9 +52,10 @@ def wait_for(check: Callable[[], object], timeout: float, what: str, interval: f
 
 
 class PrivateServers:
-    """Redis, RabbitMQ, FerretDB and Mosquitto of one benchmark; `settings()` points a process at them."""
+    """Redis, RabbitMQ, FerretDB and Mosquitto (and amqtt if asked) of one benchmark; `settings()` points a
+    process at them."""
 
-    def __init__(self, name: str, keep: bool = False) -> None:
+    def __init__(self, name: str, keep: bool = False, with_amqtt: bool = False) -> None:
         self.keep = keep
         self.root = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
         self.backends = Backends(
@@ -63,7 +64,7 @@ class PrivateServers:
             platform_user=PLATFORM_USER,
             platform_password=secrets.token_urlsafe(16),
             ferretdb_bin=default_ferretdb_bin(),
-            with_amqtt=False,
+            with_amqtt=with_amqtt,
         )
         self.extra: list[Mosquitto] = []
         self._runs = 0
@@ -117,8 +118,8 @@ class PrivateServers:
 
 
 @contextmanager
-def private_servers(name: str, keep: bool = False) -> Iterator[PrivateServers]:
-    servers = PrivateServers(name, keep)
+def private_servers(name: str, keep: bool = False, with_amqtt: bool = False) -> Iterator[PrivateServers]:
+    servers = PrivateServers(name, keep, with_amqtt)
     try:
         servers.start()
         yield servers

@@ -17,6 +17,23 @@ class Row:
     verdict: str = ""
 
 
+def dist_ms(values: list[float], digits: int = 0) -> str:
+    if not values:
+        return "no samples"
+    p50, p99, top = percentile(values, 50), percentile(values, 99), max(values)
+    return f"p50 {p50:.{digits}f} / p99 {p99:.{digits}f} / max {top:.{digits}f} ms"
+
+
+def dist_s(values: list[float]) -> str:
+    if not values:
+        return "none detected"
+    return f"max {max(values):.2f} s (min {min(values):.2f}; {len(values)} probes)"
+
+
+def verdict(ok: bool, how: str = "") -> str:
+    return ("goal met" if ok else "GOAL MISSED") + (f" ({how})" if how else "")
+
+
 def _rate(value: float) -> str:
     return f"{value:,.0f}/s"
 

@@ -44,9 +44,9 @@ from bench.harness import (
     wait_for,
 )
 from bench.ingest import problems_in_log
-from bench.report import Row
+from bench.report import Row, dist_ms, verdict
 from bench.scale_fleet import SimFleet, count_core, store_restaurants, write_credentials
-from bench.scale_probes import Api, DashboardWatch, ProbeFigures, ProbeRunner
+from bench.scale_probes import SILENCE_SPREAD_S, Api, DashboardWatch, ProbeFigures, ProbeRunner, detection_rows
 from bench.scale_status import BatchLoad, QueueCount, api_online_count, batch_load, drain, queue_depths
 from core.documents import Role
 from core.settings import Settings
@@ -337,7 +337,7 @@ def steady(result: ScaleResult, settings: Settings, redis: Redis, fleet: SimFlee
         threading.Thread(target=runner.crashes, args=(crash_ids, config.crash_samples, watch, until), daemon=True),
         threading.Thread(
             target=runner.silences,
-            args=(drop_ids, app_ids, config.probe_keepalive_s, config.window_s + 30),
+            args=(drop_ids, app_ids, config.probe_keepalive_s, config.window_s + 30, SILENCE_SPREAD_S),
             daemon=True,
         ),
     ]
@@ -377,22 +377,6 @@ def scale_benchmark(config: ScaleConfig, keep: bool = False) -> ScaleResult:
 # --- the table -----------------------------------------------------------------------------------------
 
 
-def _dist(values: list[float], unit: str = "ms") -> str:
-    if not values:
-        return "no samples"
-    return f"p50 {percentile(values, 50):.0f} / p99 {percentile(values, 99):.0f} / max {max(values):.0f} {unit}"
-
-
-def _dist_s(values: list[float]) -> str:
-    if not values:
-        return "none detected"
-    return f"max {max(values):.2f} s (min {min(values):.2f}; {len(values)} probes)"
-
-
-def _verdict(ok: bool, how: str = "") -> str:
-    return ("goal met" if ok else "GOAL MISSED") + (f" ({how})" if how else "")
-
-
 def scale_rows(r: ScaleResult) -> list[Row]:
     c, p, will_grace_s = r.config, r.probes, r.will_grace_s
     n = c.sessions
@@ -400,11 +384,11 @@ def scale_rows(r: ScaleResult) -> list[Row]:
         Row("scale", f"sessions connected ({c.shards} Mosquitto shards, {r.sims} client_sim processes)",
             f"{r.storm_connected:,} of {n:,}",
             f"connects spread over {r.storm_connect_span_s:.1f} s (ramp {c.ramp_s:.0f} s)",
-            _verdict(r.storm_connected == n, f"{r.storm_reconnects} lost/refused/failed")),
+            verdict(r.storm_connected == n, f"{r.storm_reconnects} lost/refused/failed")),
         Row("scale", "storm: last CONNACK → every committed status online (Redis, polled 1/s)",
             "not reached" if r.storm_right_after_s is None else f"{r.storm_right_after_s:.1f} s",
             f"goal ≤ 15 s; {r.storm_right_count:,} of {n:,} online at the end",
-            _verdict(r.storm_right_after_s is not None and r.storm_right_after_s <= 15)),
+            verdict(r.storm_right_after_s is not None and r.storm_right_after_s <= 15)),
         Row("scale", "storm: the API's status of every restaurant afterwards",
             f"{r.storm_api_online:,} of {n:,} online", f"POST /restaurants/status/query × {-(-n // 10_000)}: "
             f"{r.storm_api_seconds:.1f} s", "all right" if r.storm_api_online == n else "WRONG"),
@@ -431,40 +415,22 @@ def scale_rows(r: ScaleResult) -> list[Row]:
         Row("scale", f"steady: bridge CPU, {n:,} sessions, heartbeats every {c.heartbeat_s:.0f} s",
             f"{100 * r.bridge_cores:.1f}% of a core",
             f"goal ≤ 30%; asyncio thread {100 * r.bridge_main_thread_cores:.1f}%; "
-            f"over {r.steady_window_s:.0f} s", _verdict(r.bridge_cores <= 0.30)),
+            f"over {r.steady_window_s:.0f} s", verdict(r.bridge_cores <= 0.30)),
         Row("scale", "steady: heartbeats taken by the bridge", f"{r.heartbeat_rate:,.0f}/s",
             f"expected ~{hb_expected:,.0f}/s", ""),
         Row("scale", f"steady: heartbeat → Redis `l:` visible ({len(p.heartbeat_ms)} probes, polled 2 ms)",
-            _dist(p.heartbeat_ms), f"goal p99 ≤ 100 ms; bridge's own write time {_dist(p.heartbeat_bridge_ms)}",
-            _verdict(bool(p.heartbeat_ms) and percentile(p.heartbeat_ms, 99) <= 100, f"{p.heartbeat_missed} missed")),
-        Row("scale", f"crash: TCP close → DISCONNECTED in the API ({len(p.crash_ms)} probes, polled 10 ms)",
-            _dist(p.crash_ms), f"goal ≤ 1 s; includes the bridge's will grace {will_grace_s:.1f} s",
-            _verdict(bool(p.crash_ms) and max(p.crash_ms) <= 1000, f"{p.crash_missed} missed")),
-        Row("scale", f"crash: silent drop (no packet; keepalive {c.probe_keepalive_s} s) → DISCONNECTED",
-            _dist_s(p.drop_s), f"goal ≤ 1.5 × {c.probe_keepalive_s} + 1 = {1.5 * c.probe_keepalive_s + 1:.1f} s",
-            _verdict(bool(p.drop_s) and max(p.drop_s) <= 1.5 * c.probe_keepalive_s + 1, f"{p.drop_missed} missed")),
-        Row("scale", "  of which: last packet → the broker closed the connection", _dist_s(p.drop_broker_s),
-            f"1.5 × keepalive = {1.5 * c.probe_keepalive_s:.1f} s; then the will, held {will_grace_s:.1f} s", ""),
-        Row("scale", "crash: silent app (pings go on, heartbeats stop) → DISCONNECTED",
-            _dist_s(p.app_s), f"goal ≤ window {c.window_s:.0f} + 2 s; session kept: {p.app_pings_answered}",
-            _verdict(bool(p.app_s) and max(p.app_s) <= c.window_s + 2, f"{p.app_missed} missed")),
+            dist_ms(p.heartbeat_ms), f"goal p99 ≤ 100 ms; bridge's own write time {dist_ms(p.heartbeat_bridge_ms)}",
+            verdict(bool(p.heartbeat_ms) and percentile(p.heartbeat_ms, 99) <= 100, f"{p.heartbeat_missed} missed")),
     ]  # fmt: skip
-    # The goal counts from the will: the bridge's hold (a takeover's birth may follow its will) is in it.
-    net = [v - 1000 * will_grace_s for v in p.crash_ws_ms]
-    rows += [
-        Row("scale", "will → dashboard websocket, under the steady load (close → frame)", _dist(p.crash_ws_ms),
-            f"goal p99 ≤ 300 ms; of which {1000 * will_grace_s:.0f} ms is the bridge holding every will "
-            "(will_grace_s)", _verdict(bool(p.crash_ws_ms) and percentile(p.crash_ws_ms, 99) <= 300,
-                                       f"{p.ws_missed} frames missed")),
-        Row("scale", "  the same, less the will hold", _dist(net), "the platform's own pipeline", ""),
-    ]  # fmt: skip
+    rows += detection_rows("scale", p, c.probe_keepalive_s, c.window_s, will_grace_s, "under the steady load")
     b = r.batch
     if b is not None:
         rows.append(Row(
-            "scale", f"batch status: {b.ids_per_request:,} ids, {b.clients} concurrent clients", _dist(b.latencies_ms),
+            "scale", f"batch status: {b.ids_per_request:,} ids, {b.clients} concurrent clients",
+            dist_ms(b.latencies_ms),
             f"goal p99 ≤ 20 ms; {len(b.latencies_ms) * b.ids_per_request / max(b.seconds, 1e-9):,.0f} ids/s; "
-            f"alone {_dist(b.one_client_ms)}; baseline {b.ids_per_request:,} single GETs {_dist(b.single_get_ms)}",
-            _verdict(bool(b.latencies_ms) and percentile(b.latencies_ms, 99) <= 20,
+            f"alone {dist_ms(b.one_client_ms)}; baseline {b.ids_per_request:,} single GETs {dist_ms(b.single_get_ms)}",
+            verdict(bool(b.latencies_ms) and percentile(b.latencies_ms, 99) <= 20,
                      f"{b.wrong_answers} wrong, {len(b.errors)} errors"),
         ))  # fmt: skip
     cores = " / ".join(f"{name} {v:.2f}" for name, v in r.cores.items())

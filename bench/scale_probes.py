@@ -12,6 +12,7 @@ app        PINGREQs go on, heartbeats stop; the presence window ends it
 import asyncio
 import contextlib
 import http.client
+import itertools
 import json
 import logging
 import socket
@@ -27,6 +28,8 @@ from redis import Redis
 from websockets.asyncio.client import connect as ws_connect
 
 from bench import wire
+from bench.birth_latency import percentile
+from bench.report import Row, dist_ms, dist_s, verdict
 from core.ids import client_id, heartbeat_topic, presence_topic
 from core.settings import Settings
 from stack.process import LOOPBACK
@@ -36,6 +39,8 @@ logger = logging.getLogger(__name__)
 DEVICE = "tablet"
 PINGREQ = bytes([0xC0, 0])
 PINGRESP = 0xD0
+# Silent probes go quiet one after another over this span: Mosquitto 2.0 checks keep-alives every 6 s.
+SILENCE_SPREAD_S = 6.0
 
 
 def wall_ms() -> int:
@@ -359,8 +364,13 @@ class ProbeRunner:
                 p.close()
             api.close()
 
-    def silences(self, drop: list[str], app: list[str], keepalive: int, timeout: float) -> None:
-        """Silent drops and silent apps, all at once; each detected when the API says DISCONNECTED."""
+    def silences(self, drop: list[str], app: list[str], keepalive: int, timeout: float, spread_s: float = 0.0) -> None:
+        """Silent drops and silent apps; each detected when the API says DISCONNECTED.
+
+        The probes go quiet one after another over `spread_s` (drops and apps alternately), so that a
+        broker checking keep-alives on a cadence of its own (Mosquitto 2.0: every 6 s) is sampled
+        across that cadence rather than at one instant of it. Until its turn a probe heartbeats as usual.
+        """
         f = self.figures
         api = Api(self.api_port, self.token)
         drops, apps = [self.probe(rid) for rid in drop], [self.probe(rid) for rid in app]
@@ -374,29 +384,34 @@ class ProbeRunner:
                     if time.time() - p.last_sent >= keepalive / 2:
                         p.ping()
                 time.sleep(0.1)
-            for p in drops + apps:
-                p.heartbeat()  # the last packet of a drop, the last heartbeat of an app
-            last = {p.rid: p.last_sent for p in drops + apps}
+            order = [p for pair in itertools.zip_longest(drops, apps) for p in pair if p is not None]
+            start = time.monotonic()
+            quiet_at = {p.rid: start + spread_s * n / max(1, len(order) - 1) for n, p in enumerate(order)}
+            last: dict[str, float] = {}  # the last packet of a drop, the last heartbeat of an app
             found: dict[str, float] = {}
             closed: dict[str, float] = {}
             answered = {p.rid: 0 for p in apps}
-            deadline = time.monotonic() + timeout
-            next_ping = time.monotonic() + keepalive / 2
+            deadline = start + spread_s + timeout
             while len(found) < len(ids) and time.monotonic() < deadline and not self.halt.is_set():
-                time.sleep(0.1)
                 now = time.monotonic()
-                if now >= next_ping:
-                    next_ping = now + keepalive / 2
-                    for p in apps:
-                        if p.rid not in found:
-                            answered[p.rid] += p.drain()
-                            p.ping()
+                for p in order:
+                    if p.rid not in last and now >= quiet_at[p.rid]:
+                        p.heartbeat()
+                        last[p.rid] = p.last_sent
+                    elif p.rid not in last and time.time() - p.last_sent >= keepalive / 2:
+                        p.heartbeat()  # before its turn a probe is a live device
+                        p.drain()
+                    elif p in apps and p.rid not in found and time.time() - p.last_sent >= keepalive / 2:
+                        answered[p.rid] += p.drain()
+                        p.ping()  # a silent app's session stays open
                 for p in drops:
-                    if p.rid not in closed and p.closed_by_broker():
+                    if p.rid in last and p.rid not in closed and p.closed_by_broker():
                         closed[p.rid] = time.time()
-                for s in api.statuses([rid for rid in ids if rid not in found]):
+                quiet = [rid for rid in ids if rid in last and rid not in found]
+                for s in api.statuses(quiet) if quiet else []:
                     if disconnected(s):
                         found[s["restaurant_id"]] = time.time()
+                time.sleep(0.1)
             for p in drops:
                 if p.rid in closed:
                     f.drop_broker_s.append(closed[p.rid] - last[p.rid])
@@ -417,3 +432,29 @@ class ProbeRunner:
             for p in drops + apps:
                 p.close()
             api.close()
+
+
+def detection_rows(bench: str, p: ProbeFigures, keepalive_s: int, window_s: float, will_grace_s: float,
+                   load: str) -> list[Row]:  # fmt: skip
+    """Crash detection against its goals (issue 5): TCP close, silent drop, silent app, will → dashboard."""
+    drop_goal = 1.5 * keepalive_s + 1
+    # The goal counts from the will: the bridge's hold (a takeover's birth may follow its will) is in it.
+    net = [v - 1000 * will_grace_s for v in p.crash_ws_ms]
+    return [
+        Row(bench, f"crash: TCP close → DISCONNECTED in the API ({len(p.crash_ms)} probes, polled 10 ms)",
+            dist_ms(p.crash_ms), f"goal ≤ 1 s; includes the bridge's will grace {will_grace_s:.1f} s",
+            verdict(bool(p.crash_ms) and max(p.crash_ms) <= 1000, f"{p.crash_missed} missed")),
+        Row(bench, f"crash: silent drop (no packet; keepalive {keepalive_s} s) → DISCONNECTED",
+            dist_s(p.drop_s), f"goal ≤ 1.5 × {keepalive_s} + 1 = {drop_goal:.1f} s",
+            verdict(bool(p.drop_s) and max(p.drop_s) <= drop_goal, f"{p.drop_missed} missed")),
+        Row(bench, "  of which: last packet → the broker closed the connection", dist_s(p.drop_broker_s),
+            f"1.5 × keepalive = {1.5 * keepalive_s:.1f} s; then the will, held {will_grace_s:.1f} s", ""),
+        Row(bench, "crash: silent app (pings go on, heartbeats stop) → DISCONNECTED",
+            dist_s(p.app_s), f"goal ≤ window {window_s:.0f} + 2 s; session kept: {p.app_pings_answered}",
+            verdict(bool(p.app_s) and max(p.app_s) <= window_s + 2, f"{p.app_missed} missed")),
+        Row(bench, f"will → dashboard websocket, {load} (close → frame)", dist_ms(p.crash_ws_ms),
+            f"goal p99 ≤ 300 ms; of which {1000 * will_grace_s:.0f} ms is the bridge holding every will "
+            "(will_grace_s)", verdict(bool(p.crash_ws_ms) and percentile(p.crash_ws_ms, 99) <= 300,
+                                      f"{p.ws_missed} frames missed")),
+        Row(bench, "  the same, less the will hold", dist_ms(net), "the platform's own pipeline", ""),
+    ]  # fmt: skip
