@@ -194,6 +194,7 @@ class ChurnReport:
             f"  feed: {len(self.lost_in_feed)} missing, {len(self.doubled_in_feed)} doubled"
             + ("" if self.feed_checked else " (not checked: its stream lived in the Redis that was lost)"),
             f"  detection: {json.dumps(self.detection)}",
+            f"  blind (s since the start): {json.dumps(self.blind)}",
             f"  lag: {json.dumps(self.lag)}",
             f"  simulator: {json.dumps(self.sim.get('actions', {}))} schedules {json.dumps(self.sim.get('schedules'))}",
         ]
@@ -648,6 +649,7 @@ class ChurnRun:
                               "end_s": round(b.end - self.started, 2)} for b in self.blind]  # fmt: skip
         self._check_checkpoints(truth, checkpoints)
         self._check_ranking(truth, ranking, r0, r1)
+        self._explain_ranking(truth, history, tap.events)
         self._check_transitions(tap.events, history, feed)
         self.report.detection = self._detection(tap.events, events)
         self.report.log_problems = self.platform.log_problems()
@@ -821,6 +823,27 @@ class ChurnRun:
                 self.report.ranking_off.append({"ranking": r.rid, "api_s": round(got, 3), "truth_low_s": round(low, 3),
                                                 "truth_high_s": round(high, 3)})  # fmt: skip
         self.report.ranking_max_error_s = worst
+
+    def _explain_ranking(self, truth: Truth, history: dict[str, dict[int, list[Any]]],
+                         events: list[dict[str, Any]]) -> None:  # fmt: skip
+        """Beside each ranking off: the truth's sessions, the history's points and the STATUS_CHANGED heard,
+        in seconds since the run's start, so that a failure in CI says which instant went wrong."""
+
+        def rel(at: datetime | float | None) -> float | None:
+            if at is None:
+                return None
+            return round((at.timestamp() if isinstance(at, datetime) else at) - self.started, 2)
+
+        for off in self.report.ranking_off:
+            rid = off["ranking"]
+            off["sessions"] = [(s.device_id, rel(s.start), rel(s.end), rel(s.beats[-1]) if s.beats else None)
+                               for s in truth.sessions.get(rid, [])]  # fmt: skip
+            off["history"] = [(rel(ms / 1000), core_text({"online": v[0], "reason": v[1], "detail": v[2]}))
+                              for ms, v in sorted(history.get(rid, {}).items())]  # fmt: skip
+            off["heard"] = [(rel(_point_at(e)), rel(datetime.fromisoformat(e["ts"])), rel(e["_heard_ms"] / 1000),
+                             e["type"], e.get("device_id"), core_text(e["data"]) if "online" in e["data"] else
+                             e["data"].get("cause"))
+                            for e in events if e.get("restaurant_id") == rid]  # fmt: skip
 
     def _check_transitions(self, events: list[dict[str, Any]], history: dict[str, dict[int, list[Any]]],
                            feed: list[tuple[str, dict[str, Any]]] | None) -> None:
