@@ -22,7 +22,9 @@ from types import FrameType
 
 from bench.batch_status import batch_status_benchmark, batch_status_rows
 from bench.birth_latency import birth_benchmark
-from bench.churn import FAULTS, ChurnConfig, Fault, churn
+from bench.churn import churn
+from bench.churn_faults import FAULTS, Fault
+from bench.churn_report import ChurnConfig
 from bench.detection import BROKERS, DetectionConfig, detection_benchmark, detection_result_rows
 from bench.harness import Machine
 from bench.ingest import IngestConfig, ingest_benchmark

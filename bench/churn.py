@@ -30,21 +30,19 @@ checkpoint where the two differ counts as "in window", and a restaurant's rankin
 the two (within 1 s). Those seconds are the ones the platform could not know; the report counts the
 restaurants that had some and the widest span (`ranking_unknowable`). Nothing else is excused.
 
-Faults (`Fault`, used by tests/test_faults.py and `--fault`) run at an instant of the run; a
-checkpoint taken from the fault until `recovery_s` after it recovered is reported apart and not
-counted as a divergence.
+Faults (`bench.churn_faults`, used by tests/test_faults.py and `--fault`) run at an instant of the
+run; a checkpoint taken from the fault until `recovery_s` after it recovered is reported apart and not
+counted as a divergence. The truth is built in `bench.churn_truth`, the report in `bench.churn_report`.
 """
 
 import asyncio
 import itertools
 import json
 import logging
-import os
-import signal
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -54,21 +52,23 @@ import httpx
 from pymongo import AsyncMongoClient
 from redis.asyncio import Redis
 
-from bench.harness import ALWAYS_OPEN, BenchError, PrivateServers, scrape
+from bench.churn_faults import Fault
+from bench.churn_report import RANKING_TOLERANCE_S, Checkpoint, ChurnConfig, ChurnReport, Divergence, FaultRecord
+from bench.churn_truth import Blind, Truth, build_truth, core_text, disconnected_seconds, instant
+from bench.harness import ALWAYS_OPEN, PrivateServers, scrape
 from bench.lag import LoopLag, histogram_quantile
 from bench.report import Row
 from client_sim import RestaurantCredential, SimConfig, Simulator
-from client_sim.ground_truth import read_events, unavailabilities_from_log
+from client_sim.ground_truth import read_events
 from core.amqp import declare_topology
 from core.db import open_mongo
 from core.documents import Restaurant, Role, User
 from core.hours import DayHours, OpeningHours
 from core.messages import EventType
 from core.provisioning import RestaurantSpec, provision_restaurants
-from core.replay import Session, status_core_at, status_points
+from core.replay import status_core_at
 from core.secrets import hash_secret
 from core.settings import Settings
-from core.status import OfflineReason, RestaurantRules, StatusCore
 from feed.stream import FeedKeys
 from stack.platform import ApiService, PythonService
 from stack.process import LOOPBACK, Service, free_ports
@@ -79,149 +79,8 @@ ALWAYS_CLOSED = OpeningHours(**dict.fromkeys(OpeningHours.model_fields))
 DEFAULT_TZ = "America/Sao_Paulo"
 SALES = ("churn-sales", "churn-sales-password")
 DETECTION_S = 2.0  # a closed socket (≤ 1 s) or a stale sweep (≤ 1 s) plus the API's own round trip
-RANKING_TOLERANCE_S = 1.0
 STATUS_CHUNK = 10_000
 FINAL_STOP_MARGIN_S = 3.0  # no checkpoint this close to the run's end, where every device stops
-SESSION_ENDS = {"graceful_offline": False, "crash": True, "flap": True, "connection_lost": True}  # → is a will
-
-
-# -- configuration and results -------------------------------------------------------------------
-
-
-@dataclass
-class ChurnConfig:
-    restaurants: int = 200  # always open (00:00–24:00 every day)
-    closed: int = 5  # closed every day: CLOSED whatever their devices do
-    boundary: int = 5  # open for one minute that begins during the run (UTC): the scheduler's boundaries
-    duration_s: float = 75.0
-    ramp_s: float = 5.0
-    checkpoint_every_s: float = 15.0
-    churn_rate: float = 4.0  # actions per second over all devices
-    heartbeat_interval_s: float = 2.0
-    stale_after_s: float = 8.0
-    silent_s: tuple[float, float] = (3.0, 15.0)
-    downtime_s: tuple[float, float] = (1.0, 8.0)
-    backoff_cap_s: float = 4.0
-    schedule_rate: float = 0.3  # unavailabilities per second through the API
-    schedule_lead_s: tuple[float, float] = (0.0, 10.0)
-    schedule_length_s: tuple[float, float] = (3.0, 20.0)
-    seed: int = 7
-    settle_timeout_s: float = 120.0  # after the run: queues drained and the tap quiet
-
-    @classmethod
-    def full(cls) -> "ChurnConfig":
-        """10,000 restaurants for 10 minutes at the product's own windows, a checkpoint a minute."""
-        return cls(restaurants=10_000, closed=20, boundary=20, duration_s=600.0, ramp_s=60.0, checkpoint_every_s=60.0,
-                   churn_rate=15.0, heartbeat_interval_s=30.0, stale_after_s=120.0, silent_s=(60.0, 300.0),
-                   downtime_s=(5.0, 60.0), backoff_cap_s=30.0, schedule_rate=1.0, schedule_lead_s=(0.0, 60.0),
-                   schedule_length_s=(30.0, 240.0), settle_timeout_s=600.0)  # fmt: skip
-
-
-@dataclass
-class Divergence:
-    checkpoint: int
-    at: str
-    restaurant_id: str
-    api: str
-    truth: str
-    detail: str = ""
-
-
-@dataclass
-class Checkpoint:
-    index: int
-    t0: float
-    t1: float
-    statuses: dict[str, dict[str, Any]] = field(default_factory=dict)
-    error: str = ""
-    during_fault: str = ""
-    checked: int = 0
-    in_window: int = 0
-    divergent: int = 0
-
-
-@dataclass
-class FaultRecord:
-    name: str
-    started_s: float = 0.0  # since the run's start
-    recovered_s: float = 0.0
-    figures: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class ChurnReport:
-    restaurants: int
-    duration_s: float
-    checkpoints: list[dict[str, Any]] = field(default_factory=list)
-    divergences: list[Divergence] = field(default_factory=list)
-    fault_divergences: int = 0  # in checkpoints taken during a fault (reported, not counted)
-    ranking_checked: int = 0
-    ranking_off: list[dict[str, Any]] = field(default_factory=list)  # beyond the tolerance
-    ranking_max_error_s: float = 0.0
-    ranking_unknowable: int = 0  # restaurants with seconds the platform could not know (between two truths)
-    ranking_unknowable_max_s: float = 0.0  # the widest such span
-    transitions: int = 0
-    after_settle: int = 0  # STATUS_CHANGED later than the settle (scheduled boundaries): not looked for
-    redelivered: int = 0  # the same event_id again (allowed: consumers are idempotent)
-    doubled: list[dict[str, Any]] = field(default_factory=list)  # two STATUS_CHANGED with one status in a row
-    lost_in_history: list[dict[str, Any]] = field(default_factory=list)
-    extra_in_history: list[dict[str, Any]] = field(default_factory=list)
-    lost_in_feed: list[dict[str, Any]] = field(default_factory=list)
-    doubled_in_feed: list[dict[str, Any]] = field(default_factory=list)
-    feed_checked: bool = True
-    sim: dict[str, Any] = field(default_factory=dict)
-    faults: list[FaultRecord] = field(default_factory=list)
-    blind: list[dict[str, Any]] = field(default_factory=list)  # Blind stretches, seconds since the run's start
-    detection: dict[str, float] = field(default_factory=dict)
-    lag: dict[str, float | None] = field(default_factory=dict)  # the simulator's loop, the bridge's message age
-    log_problems: dict[str, list[str]] = field(default_factory=dict)
-    seconds: float = 0.0
-
-    @property
-    def lost_transitions(self) -> int:
-        return len(self.lost_in_history) + len(self.doubled)
-
-    def summary(self) -> str:
-        lines = [
-            f"churn: {self.restaurants} restaurants, {self.duration_s:.0f} s, {len(self.checkpoints)} checkpoints",
-            f"  divergences: {len(self.divergences)} (during faults, not counted: {self.fault_divergences})",
-            f"  ranking: {self.ranking_checked} restaurants, {len(self.ranking_off)} off by > {RANKING_TOLERANCE_S} s,"
-            f" largest error {self.ranking_max_error_s:.3f} s; {self.ranking_unknowable} with seconds the platform"
-            f" could not know (at most {self.ranking_unknowable_max_s:.1f} s, tolerated)",
-            f"  transitions: {self.transitions} STATUS_CHANGED, {self.redelivered} redelivered, {len(self.doubled)}"
-            f" doubled, {len(self.lost_in_history)} lost in the history, {len(self.extra_in_history)} extra there,"
-            f" {self.after_settle} after the settle (not looked for)",
-            f"  feed: {len(self.lost_in_feed)} missing, {len(self.doubled_in_feed)} doubled"
-            + ("" if self.feed_checked else " (not checked: its stream lived in the Redis that was lost)"),
-            f"  detection: {json.dumps(self.detection)}",
-            f"  blind (s since the start): {json.dumps(self.blind)}",
-            f"  lag: {json.dumps(self.lag)}",
-            f"  simulator: {json.dumps(self.sim.get('actions', {}))} schedules {json.dumps(self.sim.get('schedules'))}",
-        ]
-        for fault in self.faults:
-            lines.append(f"  fault {fault.name}: at {fault.started_s:.1f} s, recovered at {fault.recovered_s:.1f} s "
-                         f"{json.dumps(fault.figures)}")  # fmt: skip
-        for d in self.divergences[:20]:
-            lines.append(f"  DIVERGENCE cp{d.checkpoint} {d.at} {d.restaurant_id}: api {d.api} truth {d.truth}"
-                         f" {d.detail}")
-        for item in (self.lost_in_history + self.doubled + self.extra_in_history + self.ranking_off)[:20]:
-            lines.append(f"  PROBLEM {json.dumps(item, default=str)}")
-        for name, problems in self.log_problems.items():
-            for line in problems[:3]:
-                lines.append(f"  log {name}: {line[:160]}")
-        return "\n".join(lines)
-
-    def rows(self) -> list[Row]:
-        return [
-            Row("churn", f"{self.restaurants:,} restaurants × {self.duration_s:.0f} s: divergences",
-                str(len(self.divergences)), f"{len(self.checkpoints)} checkpoints",
-                f"{self.fault_divergences} during faults"),
-            Row("churn", "ranking seconds off by > 1 s", str(len(self.ranking_off)),
-                f"of {self.ranking_checked}", f"largest error {self.ranking_max_error_s:.3f} s"),
-            Row("churn", "lost / doubled transitions", f"{len(self.lost_in_history)} / {len(self.doubled)}",
-                f"of {self.transitions}", f"{self.redelivered} redelivered"),
-            *[Row("churn", f"detection: {k}", f"{v:.3f} s", "", "") for k, v in self.detection.items()],
-        ]  # fmt: skip
 
 
 # -- the platform ------------------------------------------------------------------------------
@@ -294,185 +153,6 @@ class Platform:
         return out
 
 
-# -- the ground truth ------------------------------------------------------------------------------
-
-
-@dataclass
-class _Open:
-    start_ms: int
-    beats: list[int] = field(default_factory=list)
-    end_ms: int | None = None
-    will: bool = False  # the end is a will (a newer birth before it lands cancels it)
-
-
-@dataclass(frozen=True)
-class Blind:
-    """A stretch (wall clock s) in which the bridge could not apply what devices did, by the fault's kind.
-
-    `late`: device events were held back and applied somewhere between when they happened and `end`
-    (RabbitMQ away: batches retried). `lost`: presence held back the same way, heartbeats lost or late
-    (the bridge dead: the broker queues QoS 1 presence for it). `rebuild`: presence held back, heartbeats
-    lost, and every session open at the rebuild counts as heard from then (Redis lost: docs/architecture.md,
-    Recovery), the rebuild being between `rebuild_from` (Redis answering again) and `end`.
-    """
-
-    start: float
-    end: float
-    kind: str
-    rebuild_from: float = 0.0
-
-
-@dataclass
-class Truth:
-    """Device sessions, unavailabilities and clock rules per restaurant, as the log and the contract say.
-
-    `sessions` is the earliest the platform could have known each fact, `late` the latest (they differ
-    only around `Blind` stretches); the platform must agree with both where they agree, and lie between
-    them where they do not: those are the seconds it could not know.
-    """
-
-    sessions: dict[str, list[Session]]
-    late: dict[str, list[Session]]
-    unavailabilities: dict[str, list[Any]]
-    sensitive: dict[str, list[int]]  # per restaurant, instants (ms) where a detection window begins
-    window: timedelta
-
-    def rules(self, rid: str, hours: OpeningHours, tz: str) -> RestaurantRules:
-        return RestaurantRules(hours, tz, tuple(self.unavailabilities.get(rid, ())))
-
-
-def _at(ms: float) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
-
-
-def build_truth(events: Sequence[dict[str, Any]], window_s: float, will_grace_s: float,
-                broker_outages: Sequence[tuple[float, float]] = (), blind: Sequence[Blind] = ()) -> Truth:
-    """Sessions per device from the log (every heartbeat logged), with the contract's delays applied.
-
-    Built twice over the `blind` stretches: as early as the platform could have applied what happened
-    there (when it happened; heartbeats it lost dropped) and as late (at the stretch's end).
-    """
-    early, sensitive = _sessions(events, window_s, will_grace_s, broker_outages, blind, late=False)
-    late, late_marks = _sessions(events, window_s, will_grace_s, broker_outages, blind, late=True)
-    for rid, instants in late_marks.items():
-        sensitive.setdefault(rid, []).extend(instants)
-    unav = unavailabilities_from_log(events)
-    for rid, items in unav.items():
-        marks = sensitive.setdefault(rid, [])
-        for e in events:
-            if e.get("rid") == rid and e["event"] in ("unavailability_created", "unavailability_cancelled"):
-                marks.append(int(e["ts"]))
-        for u in items:
-            marks.extend(int(t.timestamp() * 1000) for t in (u.start, u.effective_end))
-    return Truth(early, late, unav, sensitive, timedelta(seconds=window_s))
-
-
-def _sessions(events: Sequence[dict[str, Any]], window_s: float, will_grace_s: float,
-              broker_outages: Sequence[tuple[float, float]], blind: Sequence[Blind],
-              late: bool) -> tuple[dict[str, list[Session]], dict[str, list[int]]]:
-    grace_ms = int(will_grace_s * 1000)
-    outages = [(a * 1000, b * 1000) for a, b in broker_outages]
-    blinds = [(int(b.start * 1000), int(b.end * 1000), b) for b in blind]
-
-    def stretch(ms: int) -> Blind | None:
-        return next((b for lo, hi, b in blinds if lo <= ms <= hi), None)
-
-    def effective(ms: int) -> int:
-        held = stretch(ms)
-        return int(held.end * 1000) if held is not None and late else ms
-
-    def beat_at(ms: int) -> int | None:
-        held = stretch(ms)
-        if held is None:
-            return ms
-        if late:
-            return int(held.end * 1000)  # applied (last_seen = then) when the bridge caught up
-        return ms if held.kind == "late" else None  # early: a lost heartbeat never counted
-
-    per_device: dict[tuple[str, str], list[_Open]] = {}
-    epochs: dict[tuple[str, str], int] = {}
-    sensitive: dict[str, list[int]] = {}
-    ordered = sorted((e for e in events if e.get("rid") and e.get("did")), key=lambda e: e["ts"])
-    for event in ordered:
-        key = (event["rid"], event["did"])
-        kind, ts, epoch = event["event"], int(event["ts"]), event.get("epoch")
-        sessions = per_device.setdefault(key, [])
-        current = sessions[-1] if sessions else None
-        live = current is not None and (current.end_ms is None or current.will)
-        if kind == "birth_sent":
-            if epoch is None or epoch <= epochs.get(key, -1):
-                continue
-            epochs[key] = epoch
-            if current is not None and (current.end_ms is None or (current.will and current.end_ms > ts)):
-                current.end_ms, current.will = effective(ts), False  # superseded (a takeover, or a will not landed)
-            sessions.append(_Open(effective(ts)))
-            sensitive.setdefault(key[0], []).append(ts)
-        elif epoch != epochs.get(key) or current is None or not live:
-            continue
-        elif kind == "heartbeat" or kind == "heartbeat_last":
-            if current.end_ms is None:
-                previous = current.beats[-1] if current.beats else current.start_ms
-                if ts - previous >= window_s * 1000:
-                    sensitive.setdefault(key[0], []).append(ts)  # a stale session revived
-                at = beat_at(ts)
-                if at is not None and (not current.beats or current.beats[-1] < at):
-                    current.beats.append(at)
-        elif kind == "takeover":
-            if current.end_ms is None:
-                current.end_ms, current.will = effective(ts + grace_ms), True  # unless the new birth comes first
-                sensitive.setdefault(key[0], []).append(ts)
-        elif kind in SESSION_ENDS and current.end_ms is None:
-            if kind == "connection_lost" and any(a <= ts <= b for a, b in outages):
-                continue  # the broker went away: no will reaches the platform
-            is_will = SESSION_ENDS[kind]
-            current.end_ms, current.will = (effective(ts + grace_ms), True) if is_will else (effective(ts), False)
-            sensitive.setdefault(key[0], []).append(ts)
-    rebuilds = [int((b.end if late else b.rebuild_from) * 1000) for b in blind if b.kind == "rebuild"]
-    out: dict[str, list[Session]] = {}
-    for (rid, did), sessions in per_device.items():
-        # A session begun and ended inside one blind stretch never showed (late): the next one starts there too.
-        sessions = [s for s, nxt in zip(sessions, [*sessions[1:], None], strict=True)
-                    if nxt is None or nxt.start_ms > s.start_ms]  # fmt: skip
-        for s in sessions:
-            revived = {r for r in rebuilds if s.start_ms < r and (s.end_ms is None or r < s.end_ms)}
-            beats = sorted(set(s.beats) | revived)
-            if s.end_ms is not None:
-                beats = [b for b in beats if b <= s.end_ms]
-            out.setdefault(rid, []).append(Session(did, _at(s.start_ms), _at(s.end_ms) if s.end_ms else None,
-                                                   tuple(_at(b) for b in beats)))
-            marks = sensitive.setdefault(rid, [])
-            if s.end_ms is not None:
-                marks.append(s.end_ms)
-            # Where the heartbeats stop for a window, the session goes stale: a detection window too.
-            seen = [s.start_ms, *beats]
-            for a, b in zip(seen, [*seen[1:], None], strict=True):
-                stale = a + int(window_s * 1000)
-                if (b is None or b > stale) and (s.end_ms is None or stale < s.end_ms):
-                    marks.append(stale)
-    return out, sensitive
-
-
-def core_text(core: StatusCore | dict[str, Any]) -> str:
-    if isinstance(core, dict):
-        online, reason, detail = core["online"], core.get("reason"), core.get("detail")
-    else:
-        online, reason, detail = core.online, core.reason, core.detail
-    return "online" if online else f"{reason}{'/' + str(detail) if detail else ''}"
-
-
-def disconnected_seconds(truth: Truth, rules: RestaurantRules, rid: str, start: datetime, end: datetime,
-                         late: bool = False) -> float:
-    """DISCONNECTED seconds in [start, end) by the status function over the log's sessions."""
-    sessions = (truth.late if late else truth.sessions).get(rid, [])
-    points = status_points(rid, rules, sessions, start, end, truth.window)
-    total = 0.0
-    for (at, status), nxt in zip(points, [*points[1:], None], strict=True):
-        until = end if nxt is None else nxt[0]
-        if status.reason is OfflineReason.DISCONNECTED:
-            total += (until - at).total_seconds()
-    return total
-
-
 # -- the run -----------------------------------------------------------------------------------
 
 
@@ -483,19 +163,6 @@ class Restaurant_:
     hours: OpeningHours
     tz: str
     created_at: datetime
-
-
-FaultAction = Callable[["ChurnRun"], Awaitable[dict[str, float]]]
-
-
-@dataclass
-class Fault:
-    """`action` runs `at_s` into the run and returns when the platform is whole again (figures)."""
-
-    name: str
-    at_s: float
-    action: FaultAction
-    recovery_s: float = 5.0  # checkpoints this long after recovery still count as "during the fault"
 
 
 class EventTap:
@@ -780,7 +447,7 @@ class ChurnRun:
                         cp.in_window += 1
                         continue
                     rules = truth.rules(rid, r.hours, r.tz)
-                    expected, *others = (status_core_at(rules, sessions.get(rid, []), _at(t * 1000), truth.window)
+                    expected, *others = (status_core_at(rules, sessions.get(rid, []), instant(t * 1000), truth.window)
                                          for sessions in (truth.sessions, truth.late) for t in (cp.t0, cp.t1))
                     if any(other != expected for other in others):
                         # A clock boundary inside the request, or what the platform could not know yet (Blind).
@@ -793,7 +460,8 @@ class ChurnRun:
                             self.report.fault_divergences += 1
                         else:
                             self.report.divergences.append(Divergence(
-                                cp.index, _at(cp.t0 * 1000).isoformat(), rid, core_text(status), core_text(expected),
+                                cp.index, instant(cp.t0 * 1000).isoformat(), rid, core_text(status),
+                                core_text(expected),
                                 f"since {status.get('since')} last_seen {status.get('last_seen')} "
                                 f"devices {status.get('devices_connected')}"))  # fmt: skip
             self.report.checkpoints.append({"index": cp.index, "at_s": round(cp.t0 - self.started, 1),
@@ -807,7 +475,7 @@ class ChurnRun:
         for r in self.restaurants:
             rules = truth.rules(r.rid, r.hours, r.tz)
             # Between the earliest and the latest the platform could have known what happened (Blind).
-            bounds = [disconnected_seconds(truth, rules, r.rid, r.created_at, _at(t * 1000), late)
+            bounds = [disconnected_seconds(truth, rules, r.rid, r.created_at, instant(t * 1000), late)
                       for t in (t0, t1) for late in (False, True)]  # fmt: skip
             low, high = min(bounds), max(bounds)
             early = bounds[0], bounds[2]
@@ -894,10 +562,10 @@ class ChurnRun:
                 value = points.get(ms)
                 got = None if value is None else core_text({"online": value[0], "reason": value[1], "detail": value[2]})
                 if got != text:
-                    self.report.lost_in_history.append({"lost": rid, "at": _at(ms).isoformat(), "status": text,
+                    self.report.lost_in_history.append({"lost": rid, "at": instant(ms).isoformat(), "status": text,
                                                         "history": got})  # fmt: skip
             for ms in sorted(set(points) - set(expected) - late):
-                self.report.extra_in_history.append({"extra": rid, "at": _at(ms).isoformat(), "value": points[ms]})
+                self.report.extra_in_history.append({"extra": rid, "at": instant(ms).isoformat(), "value": points[ms]})
 
     def _detection(self, events: list[dict[str, Any]], log: list[dict[str, Any]]) -> dict[str, float]:
         """Median and p99 from a device's session end (log) to its DEVICE_OFFLINE heard, per cause."""
@@ -930,114 +598,6 @@ class ChurnRun:
 def _point_at(event: dict[str, Any]) -> datetime:
     """A STATUS_CHANGED's instant as the aggregator takes it: its status's `since`, else its `ts`."""
     return datetime.fromisoformat(event["data"].get("since") or event["ts"])
-
-
-# -- faults --------------------------------------------------------------------------------------
-
-
-async def _wait(check: Callable[[], bool], timeout: float, what: str) -> float:
-    started = time.monotonic()
-    while not check():
-        if time.monotonic() - started > timeout:
-            raise BenchError(f"timed out after {timeout:.0f} s waiting for {what}")
-        await asyncio.sleep(0.1)
-    return time.monotonic() - started
-
-
-def _metric(port: int, name: str) -> float | None:
-    try:
-        return scrape(port).get(name)
-    except OSError:
-        return None
-
-
-async def kill_bridge(run: ChurnRun) -> dict[str, float]:
-    bridge = run.platform.apps["bridge"]
-    assert bridge.process is not None
-    down = time.time()
-    os.kill(bridge.process.pid, signal.SIGKILL)
-    await asyncio.to_thread(bridge.process.wait, 10)
-    await asyncio.sleep(2.0)
-    t0 = time.monotonic()
-    await asyncio.to_thread(bridge.start)
-    await asyncio.to_thread(bridge.wait_ready, 60)
-    port = run.settings.bridge_metrics_port
-    await _wait(lambda: _metric(port, "bridge_converged") == 1, 60, "the bridge to converge")
-    run.blind.append(Blind(down, time.time(), "lost"))
-    return {"down_s": 2.0, "converged_after_restart_s": round(time.monotonic() - t0, 2)}
-
-
-async def restart_redis(run: ChurnRun) -> dict[str, float]:
-    redis = run.platform.backends.redis
-    down = time.time()
-    await asyncio.to_thread(redis.stop)
-    t0 = time.monotonic()
-    await asyncio.to_thread(redis.start)
-    await asyncio.to_thread(redis.wait_ready, 30)
-    back = time.time()
-    run.feed_lost = True  # the feed's stream lived there
-    port = run.settings.bridge_metrics_port
-    await _wait(lambda: _metric(port, "bridge_converged") == 0, 10, "the bridge to notice")
-    converged = await _wait(lambda: _metric(port, "bridge_converged") == 1, 60, "the bridge to converge")
-    run.blind.append(Blind(down, time.time(), "rebuild", rebuild_from=back))
-    return {"redis_restart_s": round(time.monotonic() - t0 - converged, 2), "converge_s": round(converged, 2)}
-
-
-async def restart_rabbitmq(run: ChurnRun) -> dict[str, float]:
-    rabbit = run.platform.backends.rabbitmq
-    t0, down = time.monotonic(), time.time()
-    await asyncio.to_thread(rabbit.stop, 60)
-    await asyncio.to_thread(rabbit.start)
-    await asyncio.to_thread(rabbit.wait_ready, 120)
-    back = time.monotonic()
-    # The bridge retries a held batch with backoff (at most 5 s apart): it has caught up at its first
-    # confirmed publish after its last retry.
-    port = run.settings.bridge_metrics_port
-    retries, published, last_retry, caught_up = None, None, back, 0.0
-    while not caught_up or time.monotonic() - last_retry < 6.0:
-        if time.monotonic() - back > 60:
-            raise BenchError("the bridge did not catch up within 60 s of RabbitMQ's restart")
-        now_retries = _metric(port, "bridge_batch_retries_total")
-        now_published = _metric(port, "bridge_events_published_total")
-        if now_retries != retries:
-            retries, published, last_retry, caught_up = now_retries, now_published, time.monotonic(), 0.0
-        elif now_published != published:
-            published, caught_up = now_published, caught_up or time.time()
-        await asyncio.sleep(0.1)
-    run.blind.append(Blind(down, caught_up, "late"))
-    return {"rabbitmq_down_s": round(back - t0, 2), "caught_up_s": round(caught_up - down, 2)}
-
-
-async def stop_ferretdb(run: ChurnRun, seconds: float = 30.0) -> dict[str, float]:
-    ferret = run.platform.backends.ferretdb
-    await asyncio.to_thread(ferret.stop)
-    await asyncio.sleep(seconds)
-    await asyncio.to_thread(ferret.start)
-    await asyncio.to_thread(ferret.wait_ready, 30)
-    return {"ferretdb_down_s": seconds}
-
-
-async def restart_broker(run: ChurnRun) -> dict[str, float]:
-    broker = run.platform.backends.mosquitto
-    down = time.time()
-    t0 = time.monotonic()
-    await asyncio.to_thread(broker.stop)
-    await asyncio.to_thread(broker.start)
-    await asyncio.to_thread(broker.wait_ready, 30)
-    back = time.monotonic() - t0
-    run.broker_outages.append((down - 1.0, time.time() + 1.0))
-    port = run.settings.bridge_metrics_port
-    await _wait(lambda: _metric(port, "bridge_converged") == 1, 60, "the bridge to reconnect")
-    return {"broker_down_s": round(back, 2), "bridge_back_s": round(time.monotonic() - t0, 2)}
-
-
-FAULTS: dict[str, FaultAction] = {
-    "kill-bridge": kill_bridge,
-    "redis": restart_redis,
-    "rabbitmq": restart_rabbitmq,
-    "ferretdb": stop_ferretdb,
-    "broker": restart_broker,
-}
 
 
 def churn(config: ChurnConfig, faults: Sequence[Fault] = (), keep: bool = False) -> ChurnReport:

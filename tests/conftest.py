@@ -20,6 +20,7 @@ from fastapi import FastAPI
 from core.settings import Settings
 from stack.backends import BackendPorts, Backends
 from stack.process import port_accepts
+from tests.helpers import BROKERS
 
 PLATFORM_USER = "platform"
 
@@ -49,6 +50,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backends]:
         yield backends
     finally:
         backends.stop()
+
+
+@pytest.fixture(params=BROKERS)
+def broker_url(request: pytest.FixtureRequest, stack: Backends) -> str:
+    """Each broker in turn (tests of the MQTT contract that both must keep)."""
+    url: str | None = stack.mosquitto_url if request.param == "mosquitto" else stack.amqtt_url
+    if url is None:
+        pytest.skip("the amqtt broker is not part of this stack")
+    return url
 
 
 def run_in_thread(coro: Coroutine[Any, Any, None]) -> None:

@@ -6,6 +6,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+BROKERS = ("mosquitto", "amqtt")  # the brokers that keep the device contract (tests/conftest.py broker_url)
+
 
 async def wait_until(
     predicate: Callable[[], Any | Awaitable[Any]],

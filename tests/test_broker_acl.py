@@ -17,9 +17,7 @@ from broker.topic_rules import TopicAcl, filter_within, mosquitto_acl_lines, top
 from core.ids import heartbeat_topic, presence_topic, status_topic
 from core.mqtt_passwords import hash_password, upsert_password_entries
 from stack.mosquitto_config import mosquitto_acl
-from tests.helpers import wait_until
-
-BROKERS = ["mosquitto", "amqtt"]
+from tests.helpers import BROKERS, wait_until
 
 
 class Probe:
@@ -92,14 +90,6 @@ class Probe:
         sock = self.client.socket()
         if sock is not None:
             sock.close()
-
-
-@pytest.fixture(params=BROKERS)
-def broker_url(request: pytest.FixtureRequest, stack: Any) -> str:
-    url: str | None = stack.mosquitto_url if request.param == "mosquitto" else stack.amqtt_url
-    if url is None:
-        pytest.skip("the amqtt broker is not part of this stack")
-    return url
 
 
 @pytest.fixture

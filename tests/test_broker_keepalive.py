@@ -26,14 +26,6 @@ ALLOWED_SILENCE_S = 1.5 * KEEPALIVE_S
 CUT_WITHIN_S = ALLOWED_SILENCE_S + 8.0
 
 
-@pytest.fixture(params=["mosquitto", "amqtt"])
-def broker_url(request: pytest.FixtureRequest, stack: Any) -> str:
-    url: str | None = stack.mosquitto_url if request.param == "mosquitto" else stack.amqtt_url
-    if url is None:
-        pytest.skip("the amqtt broker is not part of this stack")
-    return url
-
-
 @pytest.fixture
 def device(stack: Any, broker_url: str) -> Iterator[Probe]:
     """A raw MQTT 3.1.1 device of a restaurant of its own; its retained presence cleared afterwards."""

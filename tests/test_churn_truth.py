@@ -7,7 +7,8 @@ unavailabilities scheduled through the API. The full size is `python -m bench ch
 
 import pytest
 
-from bench.churn import ChurnConfig, churn
+from bench.churn import churn
+from bench.churn_report import ChurnConfig
 
 pytestmark = [pytest.mark.slow, pytest.mark.churn]
 

@@ -17,7 +17,9 @@ from typing import Any
 
 import pytest
 
-from bench.churn import FAULTS, ChurnConfig, ChurnReport, Fault, churn
+from bench.churn import churn
+from bench.churn_faults import FAULTS, Fault
+from bench.churn_report import ChurnConfig, ChurnReport
 
 pytestmark = [pytest.mark.slow, pytest.mark.churn, pytest.mark.timeout(300)]
 

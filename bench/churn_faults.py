@@ -1,0 +1,135 @@
+"""Faults injected into a churn run (tests/test_faults.py, `python -m bench churn --fault NAME`): each
+restarts or stops one of the run's private servers, or kills the bridge, and returns when the platform
+is whole again, with its figures; the stretches in which the bridge could not apply what devices did
+are recorded as `Blind` for the ground truth."""
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from bench.churn_truth import Blind
+from bench.harness import BenchError, scrape
+
+if TYPE_CHECKING:
+    from bench.churn import ChurnRun
+
+FaultAction = Callable[["ChurnRun"], Awaitable[dict[str, float]]]
+
+
+@dataclass
+class Fault:
+    """`action` runs `at_s` into the run and returns when the platform is whole again (figures)."""
+
+    name: str
+    at_s: float
+    action: FaultAction
+    recovery_s: float = 5.0  # checkpoints this long after recovery still count as "during the fault"
+
+
+async def _wait(check: Callable[[], bool], timeout: float, what: str) -> float:
+    started = time.monotonic()
+    while not check():
+        if time.monotonic() - started > timeout:
+            raise BenchError(f"timed out after {timeout:.0f} s waiting for {what}")
+        await asyncio.sleep(0.1)
+    return time.monotonic() - started
+
+
+def _metric(port: int, name: str) -> float | None:
+    try:
+        return scrape(port).get(name)
+    except OSError:
+        return None
+
+
+async def kill_bridge(run: "ChurnRun") -> dict[str, float]:
+    bridge = run.platform.apps["bridge"]
+    assert bridge.process is not None
+    down = time.time()
+    os.kill(bridge.process.pid, signal.SIGKILL)
+    await asyncio.to_thread(bridge.process.wait, 10)
+    await asyncio.sleep(2.0)
+    t0 = time.monotonic()
+    await asyncio.to_thread(bridge.start)
+    await asyncio.to_thread(bridge.wait_ready, 60)
+    port = run.settings.bridge_metrics_port
+    await _wait(lambda: _metric(port, "bridge_converged") == 1, 60, "the bridge to converge")
+    run.blind.append(Blind(down, time.time(), "lost"))
+    return {"down_s": 2.0, "converged_after_restart_s": round(time.monotonic() - t0, 2)}
+
+
+async def restart_redis(run: "ChurnRun") -> dict[str, float]:
+    redis = run.platform.backends.redis
+    down = time.time()
+    await asyncio.to_thread(redis.stop)
+    t0 = time.monotonic()
+    await asyncio.to_thread(redis.start)
+    await asyncio.to_thread(redis.wait_ready, 30)
+    back = time.time()
+    run.feed_lost = True  # the feed's stream lived there
+    port = run.settings.bridge_metrics_port
+    await _wait(lambda: _metric(port, "bridge_converged") == 0, 10, "the bridge to notice")
+    converged = await _wait(lambda: _metric(port, "bridge_converged") == 1, 60, "the bridge to converge")
+    run.blind.append(Blind(down, time.time(), "rebuild", rebuild_from=back))
+    return {"redis_restart_s": round(time.monotonic() - t0 - converged, 2), "converge_s": round(converged, 2)}
+
+
+async def restart_rabbitmq(run: "ChurnRun") -> dict[str, float]:
+    rabbit = run.platform.backends.rabbitmq
+    t0, down = time.monotonic(), time.time()
+    await asyncio.to_thread(rabbit.stop, 60)
+    await asyncio.to_thread(rabbit.start)
+    await asyncio.to_thread(rabbit.wait_ready, 120)
+    back = time.monotonic()
+    # The bridge retries a held batch with backoff (at most 5 s apart): it has caught up at its first
+    # confirmed publish after its last retry.
+    port = run.settings.bridge_metrics_port
+    retries, published, last_retry, caught_up = None, None, back, 0.0
+    while not caught_up or time.monotonic() - last_retry < 6.0:
+        if time.monotonic() - back > 60:
+            raise BenchError("the bridge did not catch up within 60 s of RabbitMQ's restart")
+        now_retries = _metric(port, "bridge_batch_retries_total")
+        now_published = _metric(port, "bridge_events_published_total")
+        if now_retries != retries:
+            retries, published, last_retry, caught_up = now_retries, now_published, time.monotonic(), 0.0
+        elif now_published != published:
+            published, caught_up = now_published, caught_up or time.time()
+        await asyncio.sleep(0.1)
+    run.blind.append(Blind(down, caught_up, "late"))
+    return {"rabbitmq_down_s": round(back - t0, 2), "caught_up_s": round(caught_up - down, 2)}
+
+
+async def stop_ferretdb(run: "ChurnRun", seconds: float = 30.0) -> dict[str, float]:
+    ferret = run.platform.backends.ferretdb
+    await asyncio.to_thread(ferret.stop)
+    await asyncio.sleep(seconds)
+    await asyncio.to_thread(ferret.start)
+    await asyncio.to_thread(ferret.wait_ready, 30)
+    return {"ferretdb_down_s": seconds}
+
+
+async def restart_broker(run: "ChurnRun") -> dict[str, float]:
+    broker = run.platform.backends.mosquitto
+    down = time.time()
+    t0 = time.monotonic()
+    await asyncio.to_thread(broker.stop)
+    await asyncio.to_thread(broker.start)
+    await asyncio.to_thread(broker.wait_ready, 30)
+    back = time.monotonic() - t0
+    run.broker_outages.append((down - 1.0, time.time() + 1.0))
+    port = run.settings.bridge_metrics_port
+    await _wait(lambda: _metric(port, "bridge_converged") == 1, 60, "the bridge to reconnect")
+    return {"broker_down_s": round(back, 2), "bridge_back_s": round(time.monotonic() - t0, 2)}
+
+
+FAULTS: dict[str, FaultAction] = {
+    "kill-bridge": kill_bridge,
+    "redis": restart_redis,
+    "rabbitmq": restart_rabbitmq,
+    "ferretdb": stop_ferretdb,
+    "broker": restart_broker,
+}
