@@ -1,10 +1,12 @@
 """Mosquitto's password-file format (`$7$` = PBKDF2-SHA512), read by both brokers."""
 
 import base64
+import fcntl
 import hashlib
 import hmac
 import os
 import secrets
+import tempfile
 from pathlib import Path
 
 ITERATIONS = 101  # what mosquitto_passwd 2.0 writes; the file is protected by permissions, not cost
@@ -41,11 +43,23 @@ def read_password_file(path: Path) -> dict[str, str]:
 
 
 def upsert_password_entries(path: Path, entries: dict[str, str]) -> None:
-    """Merge `username -> encoded hash` into the file, replacing it atomically (rename)."""
-    merged = read_password_file(path)
-    merged.update(entries)
+    """Merge `username -> encoded hash` into the file, replacing it atomically (rename).
+
+    Read, merge and rename happen under an exclusive lock on a file beside it, so two writers (two API
+    processes, two provisioning requests in one process's threads, the CLI) never lose each other's
+    entries. The brokers only read, and a rename never shows them a half-written file.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text("".join(f"{user}:{encoded}\n" for user, encoded in sorted(merged.items())))
-    tmp.chmod(0o600)
-    tmp.replace(path)
+    with open(path.with_name(f".{path.name}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+        merged = read_password_file(path)
+        merged.update(entries)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "w") as out:  # mkstemp creates it 0600
+                out.write("".join(f"{user}:{encoded}\n" for user, encoded in sorted(merged.items())))
+            tmp.replace(path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
