@@ -235,10 +235,7 @@ class ChurnRun:
                 for n in range(cfg.boundary):
                     kinds[f"minute-{n:03d}"] = (minute, "UTC")
             for rid, (hours, tz) in kinds.items():
-                # A fresh copy: OpeningHours caches `key` in its __dict__ once used, and Beanie's encoder
-                # would store that too (FerretDB refuses its nested arrays) in the next run of this process.
-                fresh = OpeningHours.model_validate(hours.model_dump())
-                specs.append(RestaurantSpec(restaurant_id=rid, hours=fresh, timezone=tz, group="ABCD"[len(specs) % 4]))
+                specs.append(RestaurantSpec(restaurant_id=rid, hours=hours, timezone=tz, group="ABCD"[len(specs) % 4]))
             made = await provision_restaurants(settings, specs)
             await User(username=SALES[0], password_hash=await asyncio.to_thread(hash_secret, SALES[1]),
                        role=Role.SALES).insert()  # fmt: skip

@@ -3,10 +3,11 @@
 from bisect import bisect_right
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, time, timedelta
-from functools import cached_property, lru_cache
+from functools import lru_cache
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 HHMM = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
@@ -49,10 +50,18 @@ class OpeningHours(BaseModel):
         day: DayHours | None = getattr(self, WEEKDAYS[weekday])
         return day
 
-    @cached_property
+    # A plain tuple to cache by (hashing the model itself costs more than the lookup saves). Not a
+    # cached_property: that lands in the model's __dict__, which Beanie's encoder iterates, so a document
+    # saved after its hours were used stored a `key` too (nested arrays, which FerretDB refuses). A
+    # private attribute is compared by ==, so it is set at construction: equal hours, equal keys.
+    _key: tuple[tuple[str, str] | None, ...] = PrivateAttr(default=())
+
+    def model_post_init(self, context: Any, /) -> None:
+        self._key = tuple((d.open, d.close) if d else None for d in map(self.for_weekday, range(7)))
+
+    @property
     def key(self) -> tuple[tuple[str, str] | None, ...]:
-        """A plain tuple to cache by (hashing the model itself costs more than the lookup saves)."""
-        return tuple((d.open, d.close) if d else None for d in map(self.for_weekday, range(7)))
+        return self._key
 
 
 @lru_cache(maxsize=1024)

@@ -7,6 +7,7 @@ straight from `open_intervals` over the searched range.
 
 from datetime import UTC, datetime, timedelta
 
+from beanie.odm.utils.encoder import Encoder
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -53,3 +54,12 @@ def test_a_restaurant_open_around_the_clock_is_clipped_to_the_search() -> None:
     always = OpeningHours.model_validate({day: {"open": "00:00", "close": "00:00"} for day in WEEKDAYS})
     assert opening_at(always, "America/Sao_Paulo", at) == (at - SEARCH, at + SEARCH)
     assert next_open_after(always, "America/Sao_Paulo", at) is None
+
+
+def test_hours_once_used_are_stored_and_compared_by_their_seven_days() -> None:
+    """`key` is a cache, not a field: a document saved after its hours served a status must not store it."""
+    used, fresh = OpeningHours(), OpeningHours()
+    assert used.key[0] == ("10:00", "23:00")
+    assert sorted(Encoder().encode(used)) == sorted(WEEKDAYS)  # what Beanie writes to MongoDB
+    assert dict(used) == dict(fresh) and used == fresh
+    assert OpeningHours.model_validate_json(used.model_dump_json()) == used
