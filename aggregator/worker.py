@@ -25,6 +25,7 @@ from aggregator.events import decode
 from aggregator.history_writer import HistoryWriter, ProfileCache
 from aggregator.metrics import AggregatorMetrics
 from core.amqp import connect_robust, declare_topology
+from core.batch_writes import write_batch
 from core.db import open_mongo
 from core.errors import InvalidMessage
 from core.history_store import StatusChange
@@ -188,31 +189,19 @@ class Aggregator:
             await self._apply(items)
 
     async def _apply(self, items: list[tuple[AbstractIncomingMessage, StatusChange]]) -> None:
-        """Write with retries while MongoDB is away; anything else is a poison message or a bug: the batch
-        is then tried one event at a time and what still fails is dead-lettered, never fatal."""
-        delay = 0.2
-        while True:
-            try:
-                with self.metrics.batch_seconds.time():
-                    await self._write(items)
-                break
-            except OUTAGES as exc:
-                if self._stop.is_set():
-                    return  # not acknowledged: RabbitMQ gives them to the next aggregator
-                self.metrics.retries.inc()
-                if delay == 0.2:
-                    logger.warning("MongoDB is away (%s: %s); retrying the batch", type(exc).__name__, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-            except Exception as exc:
-                if len(items) > 1:
-                    for one in items:
-                        await self._apply([one])
-                    return
-                logger.exception("event of %s could not be written", items[0][1].restaurant_id)
-                await self._dead_letter(items[0][0], "write_error", f"{type(exc).__name__}: {exc}")
-                return
-        for message, _change in items:
+        """Written with retries while MongoDB is away; a poison message is dead-lettered (core.batch_writes)."""
+
+        async def timed(batch: list[tuple[AbstractIncomingMessage, StatusChange]]) -> None:
+            with self.metrics.batch_seconds.time():
+                await self._write(batch)
+
+        async def poison(item: tuple[AbstractIncomingMessage, StatusChange], exc: Exception) -> None:
+            logger.error("event of %s could not be written", item[1].restaurant_id, exc_info=exc)
+            await self._dead_letter(item[0], "write_error", f"{type(exc).__name__}: {exc}")
+
+        written = await write_batch(items, timed, outages=OUTAGES, stop=self._stop, retries=self.metrics.retries,
+                                    away="MongoDB", poison=poison)  # fmt: skip
+        for message, _change in written:
             await settle(message.ack())
 
     async def _write(self, items: list[tuple[AbstractIncomingMessage, StatusChange]]) -> None:

@@ -23,6 +23,7 @@ from pymongo import AsyncMongoClient
 from redis.asyncio import Redis
 
 from core.amqp import connect_robust, declare_topology
+from core.batch_writes import write_batch
 from core.errors import InvalidMessage, ServiceUnavailable
 from core.presence_store import PresenceStore, parse_profile
 from core.settings import Settings
@@ -162,30 +163,16 @@ class FeedConsumer:
             await self._apply(events)
 
     async def _apply(self, events: list[StatusEvent]) -> None:
-        """Write with retries while a backing service is away; a failure that is not an outage is a bug:
-        the batch is tried event by event and what still fails is dead-lettered, never fatal."""
-        delay = 0.2
-        while True:
-            try:
-                await self._write(events)
-                break
-            except OUTAGES as exc:
-                if self._stop.is_set():
-                    return  # not acknowledged: RabbitMQ redelivers them to the next worker
-                self.metrics.retries.inc()
-                if delay == 0.2:
-                    logger.warning("a backing service is away (%s: %s); retrying the batch", type(exc).__name__, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-            except Exception as exc:
-                if len(events) > 1:
-                    for one in events:
-                        await self._apply([one])
-                    return
-                logger.exception("event %s could not be fed", events[0].event_id)
-                await self._dead_letter(events[0].message, "feed_error", f"{type(exc).__name__}: {exc}")
-                return
-        for e in events:
+        """Written with retries while a backing service is away; a poison message is dead-lettered
+        (core.batch_writes)."""
+
+        async def poison(event: StatusEvent, exc: Exception) -> None:
+            logger.error("event %s could not be fed", event.event_id, exc_info=exc)
+            await self._dead_letter(event.message, "feed_error", f"{type(exc).__name__}: {exc}")
+
+        written = await write_batch(events, self._write, outages=OUTAGES, stop=self._stop,
+                                    retries=self.metrics.retries, away="a backing service", poison=poison)  # fmt: skip
+        for e in written:
             self.metrics.count(e.outcome)
             await settle(e.message.ack())
 
