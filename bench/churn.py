@@ -30,7 +30,7 @@ checkpoint where the two differ counts as "in window", and a restaurant's rankin
 the two (within 1 s). Those seconds are the ones the platform could not know; the report counts the
 restaurants that had some and the widest span (`ranking_unknowable`). Nothing else is excused.
 
-Faults (`bench.churn_faults`, used by tests/test_faults.py and `--fault`) run at an instant of the
+Faults (`bench.churn_faults`, used by tests/test_churn_runs.py and `--fault`) run at an instant of the
 run; a checkpoint taken from the fault until `recovery_s` after it recovered is reported apart and not
 counted as a divergence. The truth is built in `bench.churn_truth`, the report in `bench.churn_report`.
 """

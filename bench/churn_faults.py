@@ -1,4 +1,4 @@
-"""Faults injected into a churn run (tests/test_faults.py, `python -m bench churn --fault NAME`): each
+"""Faults injected into a churn run (tests/test_churn_runs.py, `python -m bench churn --fault NAME`): each
 restarts or stops one of the run's private servers, or kills the bridge, and returns when the platform
 is whole again, with its figures; the stretches in which the bridge could not apply what devices did
 are recorded as `Blind` for the ground truth."""
