@@ -3,12 +3,18 @@
 Each action logs to the ground truth what the API accepted (`unavailability_created` with the
 window the API stored, `unavailability_cancelled` with the cancel instant the API stored), so the
 expected status of a restaurant at any instant can be replayed from the log (`ground_truth`).
+
+An answer that never came (a timeout, a dropped connection) or a 5xx does not say whether the API
+committed the change: the driver then reads the restaurant's unavailabilities back, as a restaurant's
+staff would look again, and logs what it finds (`recovered`). Each request carries a note of its own
+to be found by.
 """
 
 import asyncio
 import logging
 import random
-from collections.abc import Coroutine, Sequence
+import uuid
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,10 +29,16 @@ logger = logging.getLogger(__name__)
 
 REASONS = tuple(UnavailabilityReason)
 HTTP_TIMEOUT_S = 10.0
+LOOK_AGAIN = (1.0, 2.0, 4.0)  # seconds before each read-back of an uncertain outcome
 
 
 def _ms(text: str) -> int:
     return int(datetime.fromisoformat(text).timestamp() * 1000)
+
+
+def _uncertain(response: httpx.Response | None) -> bool:
+    """No answer, or a server error: the change may have been committed before it failed."""
+    return response is None or response.status_code >= 500
 
 
 class ScheduleDriver:
@@ -44,6 +56,7 @@ class ScheduleDriver:
         self.cancelled = 0
         self.cancel_refused = 0
         self.errors = 0
+        self.recovered = 0  # outcomes learned by reading back after an uncertain answer
         self._tokens: dict[str, str] = {}
         self._pending: set[asyncio.Task[None]] = set()
         self._logged_errors: set[str] = set()
@@ -67,23 +80,31 @@ class ScheduleDriver:
 
     def summary(self) -> dict[str, int]:
         return {"created": self.created, "cancelled": self.cancelled, "cancel_refused": self.cancel_refused,
-                "errors": self.errors}
+                "errors": self.errors, "recovered": self.recovered}
 
     async def schedule_one(self, restaurant: RestaurantCredential) -> None:
         """One unavailability now or soon; some are cancelled later (during or before them)."""
         lead = self.rng.uniform(*self.config.schedule_lead_s)
         length = self.rng.uniform(*self.config.schedule_length_s)
         now = datetime.now(UTC)
-        body: dict[str, str] = {"reason": self.rng.choice(REASONS).value, "note": "client_sim"}
+        note = f"client_sim {uuid.uuid4().hex[:12]}"  # not from the seeded rng: the scenario stays the same
+        body: dict[str, str] = {"reason": self.rng.choice(REASONS).value, "note": note}
         start = now + timedelta(seconds=lead)
         if lead >= 1.0:
             body["start"] = start.isoformat()  # else "now": the API stamps the start itself
         body["end"] = (start + timedelta(seconds=length)).isoformat()
-        response = await self._call(restaurant, "POST", f"/restaurants/{restaurant.restaurant_id}/unavailabilities",
-                                    json=body)
-        if response is None or response.status_code != 201:
+        path = f"/restaurants/{restaurant.restaurant_id}/unavailabilities"
+        response = await self._call(restaurant, "POST", path, json=body)
+        if response is not None and response.status_code == 201:
+            record = response.json()
+        elif _uncertain(response):
+            found = await self._read_back(restaurant, path, lambda items: next(
+                (item for item in items["items"] if item["note"] == note), None))  # fmt: skip
+            if found is None:
+                return
+            record = found
+        else:
             return
-        record = response.json()
         self.created += 1
         self.truth.write("unavailability_created", restaurant.restaurant_id, uid=record["id"],
                          reason=record["reason"], start=_ms(record["start"]), end=_ms(record["end"]))
@@ -95,16 +116,37 @@ class ScheduleDriver:
         await asyncio.sleep(delay)
         path = f"/restaurants/{restaurant.restaurant_id}/unavailabilities/{uid}"
         response = await self._call(restaurant, "DELETE", path)
-        if response is None:
-            return
-        if response.status_code == 409:  # it ended first: nothing to cancel
+        if response is not None and response.status_code == 409:  # it ended first: nothing to cancel
             self.cancel_refused += 1
             return
-        if response.status_code == 200:
-            self.cancelled += 1
-            cancelled_at = response.json()["cancelled_at"]
-            self.truth.write("unavailability_cancelled", restaurant.restaurant_id, uid=uid,
-                             cancelled_at=_ms(cancelled_at))
+        if response is not None and response.status_code == 200:
+            record = response.json()
+        elif _uncertain(response):
+            record = await self._read_back(restaurant, path, lambda item: item if item["cancelled_at"] else None)
+            if record is None:
+                return
+        else:
+            return
+        self.cancelled += 1
+        self.truth.write("unavailability_cancelled", restaurant.restaurant_id, uid=uid,
+                         cancelled_at=_ms(record["cancelled_at"]))
+
+    async def _read_back(self, restaurant: RestaurantCredential, path: str,
+                         pick: Callable[[Any], dict[str, Any] | None]) -> dict[str, Any] | None:
+        """What the API holds after an uncertain answer: `pick` applied to GET `path`, asked until answered.
+
+        None when the change was not committed, or when the API never answered (the truth then lacks
+        it: counted in `errors`, logged once).
+        """
+        for delay in LOOK_AGAIN:
+            await asyncio.sleep(delay)
+            response = await self._call(restaurant, "GET", path)
+            if response is not None and response.status_code == 200:
+                found = pick(response.json())
+                self.recovered += found is not None
+                return found
+        self._error("read back", f"GET {path} never answered: an unavailability's outcome is unknown")
+        return None
 
     async def _call(self, restaurant: RestaurantCredential, method: str, path: str,
                     **kwargs: object) -> httpx.Response | None:

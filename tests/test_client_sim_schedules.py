@@ -38,23 +38,74 @@ async def test_scheduled_and_cancelled_unavailabilities_match_the_api(
     assert driver.cancelled >= 1, driver.summary()
 
     logged = unavailabilities_from_log(read_events(tmp_path / "truth.jsonl"))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api.test") as client:
-        for cred in restaurants:
-            token = (await client.post("/auth/token", data={"username": cred.restaurant_id,
-                                                             "password": cred.secret})).json()["access_token"]
-            listed = (await client.get(f"/restaurants/{cred.restaurant_id}/unavailabilities",
-                                       headers={"Authorization": f"Bearer {token}"})).json()["items"]
-            from_api = sorted(
-                (_ms(i["start"]), _ms(i["end"]), i["reason"], _ms(i["cancelled_at"]) if i["cancelled_at"] else None)
-                for i in listed
-            )
-            from_log = sorted(
-                (_ms(u.start.isoformat()), _ms(u.end.isoformat()), u.reason.value,
-                 _ms(u.cancelled_at.isoformat()) if u.cancelled_at else None)
-                for u in logged[cred.restaurant_id]
-            )
-            assert from_api == from_log
+    for cred in restaurants:
+        from_api = sorted(
+            (_ms(i["start"]), _ms(i["end"]), i["reason"], _ms(i["cancelled_at"]) if i["cancelled_at"] else None)
+            for i in await listed(app, cred)
+        )
+        from_log = sorted(
+            (_ms(u.start.isoformat()), _ms(u.end.isoformat()), u.reason.value,
+             _ms(u.cancelled_at.isoformat()) if u.cancelled_at else None)
+            for u in logged[cred.restaurant_id]
+        )
+        assert from_api == from_log
 
 
 def _ms(text: str) -> int:
     return int(datetime.fromisoformat(text).timestamp() * 1000)
+
+
+class LosesAnswers(httpx.AsyncBaseTransport):
+    """The app handles every request; the answer to the first POST and the first DELETE of an
+    unavailability is lost on the way back (as in a timeout while RabbitMQ is away)."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.inner = httpx.ASGITransport(app=app)
+        self.lost: list[str] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        if "/unavailabilities" in request.url.path and request.method in ("POST", "DELETE") \
+                and request.method not in self.lost:
+            self.lost.append(request.method)
+            raise httpx.ReadTimeout("the answer was lost", request=request)
+        return response
+
+
+async def test_a_lost_answer_is_read_back_and_logged_as_the_api_holds_it(
+    app: FastAPI, settings: Settings, stack: Any, tmp_path: Path
+) -> None:
+    rid = "sched-lost"
+    cred = RestaurantCredential(rid, await make_restaurant(settings, stack, rid))
+    config = SimConfig(api_url="http://api.test", schedule_rate=1.0, schedule_lead_s=(5.0, 6.0),
+                       schedule_length_s=(30.0, 40.0), cancel_share=0.0)  # fmt: skip
+    truth = TruthLog(tmp_path / "truth.jsonl")
+    truth.open()
+    transport = LosesAnswers(app)
+    driver = ScheduleDriver(config, [cred], truth, random.Random(3), transport=transport)
+    try:
+        await driver.schedule_one(cred)  # committed, answer lost: read back
+        assert driver.created == 1, driver.summary()
+        (item,) = await listed(app, cred)
+        await driver._cancel_later(cred, item["id"], 0.0)  # committed, answer lost: read back
+    finally:
+        await driver.close()
+        truth.close()
+    assert transport.lost == ["POST", "DELETE"]
+    assert driver.created == 1 and driver.cancelled == 1 and driver.recovered == 2, driver.summary()
+    (logged,) = unavailabilities_from_log(read_events(tmp_path / "truth.jsonl"))[rid]
+    (item,) = await listed(app, cred)
+    assert logged.cancelled_at is not None and item["cancelled_at"] is not None
+    assert _ms(logged.cancelled_at.isoformat()) == _ms(item["cancelled_at"])
+    assert (_ms(logged.start.isoformat()), _ms(logged.end.isoformat())) == (_ms(item["start"]), _ms(item["end"]))
+
+
+async def listed(app: FastAPI, cred: RestaurantCredential) -> list[dict[str, Any]]:
+    """The restaurant's unavailabilities as the API holds them."""
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api.test") as client:
+        login = {"username": cred.restaurant_id, "password": cred.secret}
+        token = (await client.post("/auth/token", data=login)).json()["access_token"]
+        response = await client.get(f"/restaurants/{cred.restaurant_id}/unavailabilities",
+                                    headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+        items: list[dict[str, Any]] = response.json()["items"]
+        return items
