@@ -23,7 +23,7 @@ from bench.harness import private_servers, scrape, wait_for
 from bench.report import Row
 from bench.scale import Platform, probe_ids
 from bench.scale_fleet import store_restaurants
-from bench.scale_probes import SILENCE_SPREAD_S, DashboardWatch, ProbeFigures, ProbeRunner, detection_rows
+from bench.scale_probes import DashboardWatch, ProbeFigures, ProbeRunner, detection_rows
 from core.documents import Role
 from stack.process import LOOPBACK, free_port
 
@@ -35,7 +35,7 @@ BROKERS = ("mosquitto", "amqtt")
 @dataclass
 class DetectionConfig:
     crash_samples: int = 30
-    silent_probes: int = 10  # of each kind, all silent at once
+    silent_probes: int = 10  # of each kind, going quiet one after another over SILENCE_SPREAD_S
     keepalive_s: int = 4
     window_s: float = 20.0  # stale_after_s; the goal is the window + 2 s whatever it is
 
@@ -86,8 +86,7 @@ def detect_on(broker: str, config: DetectionConfig, keep: bool) -> DetectionResu
                 threading.Thread(target=runner.crashes, daemon=True,
                                  args=(crash_ids, config.crash_samples, watch, time.monotonic() + 300)),
                 threading.Thread(target=runner.silences, daemon=True,
-                                 args=(drop_ids, app_ids, config.keepalive_s, config.window_s + 30,
-                                       SILENCE_SPREAD_S)),
+                                 args=(drop_ids, app_ids, config.keepalive_s, config.window_s + 30)),
             ]  # fmt: skip
             for thread in threads:
                 thread.start()

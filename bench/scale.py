@@ -46,7 +46,7 @@ from bench.harness import (
 from bench.ingest import problems_in_log
 from bench.report import Row, dist_ms, verdict
 from bench.scale_fleet import SimFleet, count_core, store_restaurants, write_credentials
-from bench.scale_probes import SILENCE_SPREAD_S, Api, DashboardWatch, ProbeFigures, ProbeRunner, detection_rows
+from bench.scale_probes import Api, DashboardWatch, ProbeFigures, ProbeRunner, detection_rows
 from bench.scale_status import BatchLoad, QueueCount, api_online_count, batch_load, drain, queue_depths
 from core.documents import Role
 from core.settings import Settings
@@ -337,7 +337,7 @@ def steady(result: ScaleResult, settings: Settings, redis: Redis, fleet: SimFlee
         threading.Thread(target=runner.crashes, args=(crash_ids, config.crash_samples, watch, until), daemon=True),
         threading.Thread(
             target=runner.silences,
-            args=(drop_ids, app_ids, config.probe_keepalive_s, config.window_s + 30, SILENCE_SPREAD_S),
+            args=(drop_ids, app_ids, config.probe_keepalive_s, config.window_s + 30),
             daemon=True,
         ),
     ]

@@ -364,7 +364,8 @@ class ProbeRunner:
                 p.close()
             api.close()
 
-    def silences(self, drop: list[str], app: list[str], keepalive: int, timeout: float, spread_s: float = 0.0) -> None:
+    def silences(self, drop: list[str], app: list[str], keepalive: int, timeout: float,
+                 spread_s: float = SILENCE_SPREAD_S) -> None:
         """Silent drops and silent apps; each detected when the API says DISCONNECTED.
 
         The probes go quiet one after another over `spread_s` (drops and apps alternately), so that a
