@@ -17,6 +17,12 @@ class AggregatorMetrics:
         self.dead_letters = Counter(
             "aggregator_dead_letters_total", "Messages sent to the dead-letter queue, by reason", ["reason"], registry=r
         )
+        self.resubscribed = Counter(
+            "aggregator_resubscribed_total",
+            "Times RabbitMQ had stopped delivering to this worker while its queue had messages ready, and it "
+            "subscribed again",
+            registry=r,
+        )
         self.retries = Counter("aggregator_batch_retries_total", "Batch retries while MongoDB was away", registry=r)
         self.rollups = Counter("aggregator_rollups_written_total", "Ranking day rollups rewritten", registry=r)
         self.batch_seconds = Histogram("aggregator_batch_seconds", "Time to write one batch", registry=r)

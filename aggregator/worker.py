@@ -29,6 +29,7 @@ from core.batch_writes import write_batch
 from core.db import open_mongo
 from core.errors import InvalidMessage
 from core.history_store import StatusChange
+from core.queue_consumer import OnMessage, Subscription, consume_batches, retry_while_away
 from core.settings import Settings
 from core.status_events import settle
 
@@ -42,8 +43,6 @@ OUTAGES = (
     TimeoutError,
 )
 LOG_EVERY_S = 10.0  # a flood of poison messages is summarised, not logged line by line
-TAKE_WAIT_S = 0.5  # how often an idle worker looks at its stop flag
-CANCEL_TIMEOUT_S = 5.0
 STANDBY_RETRY_S = 2.0  # how often a standing-by aggregator tries to become the consumer
 
 
@@ -74,8 +73,10 @@ class Aggregator:
                     self.settings.aggregator_metrics_port, "127.0.0.1", self.metrics.registry
                 )
                 self.metrics_port = self._httpd.server_port
-            self._mongo = await self._retry("MongoDB", lambda: open_mongo(self.settings))
-            self._connection = await self._retry("RabbitMQ", lambda: connect_robust(self.settings))
+            self._mongo = await retry_while_away("MongoDB", lambda: open_mongo(self.settings), OUTAGES, self._stop)
+            self._connection = await retry_while_away(
+                "RabbitMQ", lambda: connect_robust(self.settings), OUTAGES, self._stop
+            )
             if self._connection is not None:
                 await self._consume(self._connection)
         finally:
@@ -97,80 +98,58 @@ class Aggregator:
             {o: int(self.metrics.value(o)) for o in ("applied", "duplicate", "ignored", "dead_lettered")},
         )
 
-    async def _retry(self, what: str, connect: Any) -> Any:
-        delay = 0.5
-        while not self._stop.is_set():
-            try:
-                return await connect()
-            except OUTAGES as exc:
-                logger.warning("%s not reachable (%s); retrying in %.1fs", what, exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-        return None
-
     async def _consume(self, connection: AbstractRobustConnection) -> None:
-        inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
-
-        async def on_message(message: AbstractIncomingMessage) -> None:
-            inbox.put_nowait(message)  # prefetch_count bounds what can wait here
-
-        consuming = await self._consume_exclusively(connection, on_message)
-        if consuming is None:
-            return  # stopped while standing by
-        queue, tag = consuming
-        self.metrics.standby.set(0)
-        self.ready.set()
-        logger.info("aggregator consuming %s", queue.name)
-        while not self._stop.is_set():
-            if batch := await self._take(inbox, TAKE_WAIT_S):
-                await self._handle(batch)
-        try:
-            await asyncio.wait_for(queue.cancel(tag), CANCEL_TIMEOUT_S)
-        except (*OUTAGES, aio_pika.exceptions.AMQPError) as exc:
-            logger.info("could not cancel the consumer (%s); closing anyway", exc)
-        # Drain: what was delivered before the cancel is written and acknowledged, not redelivered.
-        while batch := await self._take(inbox, None):
-            await self._handle(batch)
+        await consume_batches(
+            connection, self.settings.amqp_name(self.settings.aggregator_queue),
+            lambda on_message: self._consume_exclusively(connection, on_message), self._handle,
+            who="aggregator", most=self.settings.aggregator_batch_max, watch_s=self.settings.consumer_watch_s,
+            stop=self._stop, ready=self.ready, resubscribed=self.metrics.resubscribed,
+        )  # fmt: skip
 
     async def _consume_exclusively(
-        self, connection: AbstractRobustConnection, on_message: Any
-    ) -> tuple[Any, str] | None:
-        """Become the queue's only consumer, or stand by until the one that is goes away.
+        self, connection: AbstractRobustConnection, on_message: OnMessage
+    ) -> Subscription | None:
+        """Become the queue's only consumer, or stand by until the one that is goes away; None if stopped.
 
         One aggregator writes at a time: the ranking's rollups are read-modify-write and FerretDB has no
         transactions. RabbitMQ enforces it (an exclusive consumer), so a second aggregator started by
         mistake, or as a standby, waits instead of corrupting the rollups, and takes over when the
         active one stops or dies.
         """
-        announced = False
-        while not self._stop.is_set():
+        name = self.settings.amqp_name(self.settings.aggregator_queue)
+
+        async def attempt() -> Subscription | None:
+            """Consuming, or None when another aggregator is the consumer."""
             channel = await connection.channel()
-            await channel.set_qos(prefetch_count=self.settings.aggregator_batch_max)
-            await declare_topology(channel, self.settings)
-            queue = await channel.get_queue(self.settings.amqp_name(self.settings.aggregator_queue))
             try:
-                return queue, await queue.consume(on_message, exclusive=True)
+                await channel.set_qos(prefetch_count=self.settings.aggregator_batch_max)
+                await declare_topology(channel, self.settings)
+                queue = await channel.get_queue(name)
+                return channel, queue, await queue.consume(on_message, exclusive=True)
             except aiormq.exceptions.ChannelAccessRefused:
-                self.metrics.standby.set(1)
-                if not announced:
-                    logger.info("another aggregator consumes %s; standing by", queue.name)
-                    announced = True
+                pass  # another aggregator is the consumer
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await channel.close()
+                raise
             with contextlib.suppress(Exception):
                 await channel.close()  # RabbitMQ closed it with the refusal
+            return None
+
+        announced = False
+        while not self._stop.is_set():
+            if (subscription := await retry_while_away(name, attempt, OUTAGES, self._stop)) is not None:
+                self.metrics.standby.set(0)
+                return subscription
+            if self._stop.is_set():
+                break
+            self.metrics.standby.set(1)
+            if not announced:
+                logger.info("another aggregator consumes %s; standing by", name)
+                announced = True
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), STANDBY_RETRY_S)
         return None
-
-    async def _take(self, inbox: asyncio.Queue[AbstractIncomingMessage], wait_s: float | None) -> list[Any]:
-        batch: list[AbstractIncomingMessage] = []
-        if wait_s is not None:
-            try:
-                batch.append(await asyncio.wait_for(inbox.get(), wait_s))
-            except TimeoutError:
-                return batch
-        while len(batch) < self.settings.aggregator_batch_max and not inbox.empty():
-            batch.append(inbox.get_nowait())
-        return batch
 
     async def _handle(self, batch: list[AbstractIncomingMessage]) -> None:
         items: list[tuple[AbstractIncomingMessage, StatusChange]] = []

@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     scheduler_metrics_port: int = -1  # Prometheus /metrics on 127.0.0.1; -1 = off
 
     # --- aggregator and history (aggregator/, core/timeline.py, core/history*.py) ---
+    # How often an idle aggregator or feed looks at its queue: messages ready on two looks in a row and
+    # none delivered meanwhile means RabbitMQ no longer delivers to it, and it subscribes again.
+    consumer_watch_s: float = 5.0
     aggregator_batch_max: int = 200  # messages taken from RabbitMQ (and written) at a time
     aggregator_profile_ttl_s: float = 60.0  # a restaurant's group is re-read from MongoDB this often
     aggregator_metrics_port: int = 9104  # Prometheus /metrics on 127.0.0.1; 0: any free port, -1: none

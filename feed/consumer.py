@@ -7,9 +7,11 @@ so a batch that fails half-way is simply done again.
 """
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 import aio_pika
@@ -17,7 +19,7 @@ import aio_pika.exceptions
 import aiormq.exceptions
 import pymongo.errors
 import redis.exceptions
-from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from prometheus_client import start_http_server
 from pymongo import AsyncMongoClient
 from redis.asyncio import Redis
@@ -26,6 +28,7 @@ from core.amqp import connect_robust, declare_topology
 from core.batch_writes import write_batch
 from core.errors import InvalidMessage, ServiceUnavailable
 from core.presence_store import PresenceStore, parse_profile
+from core.queue_consumer import OnMessage, Subscription, consume_batches, retry_while_away
 from core.settings import Settings
 from core.status_events import decode_status_event, settle
 from feed.cold_cache import ColdCache
@@ -51,8 +54,6 @@ OUTAGES = (
 # dashboard resuming after one of them would skip the status that now carries it.
 SEQ_JUMP = 1_000_000
 LOG_EVERY_S = 10.0  # a flood of poison messages is summarised, not logged line by line
-TAKE_WAIT_S = 0.5  # how often an idle worker looks at its stop flag
-CANCEL_TIMEOUT_S = 5.0  # a stop while RabbitMQ is away must not hang on it
 
 
 class FeedConsumer:
@@ -85,7 +86,7 @@ class FeedConsumer:
             self.metrics_port = httpd.server_port
         connection: AbstractRobustConnection | None = None
         try:
-            connection = await self._connect()
+            connection = await retry_while_away("RabbitMQ", lambda: connect_robust(self.settings), OUTAGES, self._stop)
             if connection is not None:
                 await self._consume(connection)
         finally:
@@ -98,52 +99,29 @@ class FeedConsumer:
                 httpd.server_close()
             logger.info("feed stopped: %s", {o: self.metrics.value(o) for o in ("sequenced", "dead_lettered")})
 
-    async def _connect(self) -> AbstractRobustConnection | None:
-        """RabbitMQ with backoff (a robust connection reconnects by itself after this); None if stopped."""
-        delay = 0.5
-        while not self._stop.is_set():
-            try:
-                return await connect_robust(self.settings)
-            except OUTAGES as exc:
-                logger.warning("RabbitMQ not reachable (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-        return None
-
     async def _consume(self, connection: AbstractRobustConnection) -> None:
-        channel = await connection.channel()
-        await channel.set_qos(prefetch_count=self.settings.feed_batch_max)
-        await declare_topology(channel, self.settings)
-        queue: AbstractQueue = await channel.get_queue(self.settings.amqp_name(self.settings.dashboard_queue))
-        inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        name = self.settings.amqp_name(self.settings.dashboard_queue)
 
-        async def on_message(message: AbstractIncomingMessage) -> None:
-            inbox.put_nowait(message)  # prefetch_count bounds what can wait here
-
-        tag = await queue.consume(on_message)
-        self.ready.set()
-        logger.info("feed consuming %s", queue.name)
-        while not self._stop.is_set():
-            if batch := await self._take(inbox, TAKE_WAIT_S):
-                await self._handle(batch)
-        try:
-            await asyncio.wait_for(queue.cancel(tag), CANCEL_TIMEOUT_S)
-        except (*OUTAGES, aio_pika.exceptions.AMQPError) as exc:
-            logger.info("could not cancel the consumer (%s); closing anyway", exc)
-        # Drain: what was delivered before the cancel is finished and acknowledged, not redelivered.
-        while batch := await self._take(inbox, None):
-            await self._handle(batch)
-
-    async def _take(self, inbox: asyncio.Queue[AbstractIncomingMessage], wait_s: float | None) -> list[Any]:
-        batch: list[AbstractIncomingMessage] = []
-        if wait_s is not None:
+        async def subscribe(on_message: OnMessage) -> Subscription:
+            channel = await connection.channel()
             try:
-                batch.append(await asyncio.wait_for(inbox.get(), wait_s))
-            except TimeoutError:
-                return batch
-        while len(batch) < self.settings.feed_batch_max and not inbox.empty():
-            batch.append(inbox.get_nowait())
-        return batch
+                await channel.set_qos(prefetch_count=self.settings.feed_batch_max)
+                await declare_topology(channel, self.settings)
+                queue = await channel.get_queue(name)
+                return channel, queue, await queue.consume(on_message)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await channel.close()
+                raise
+
+        def subscribing(on_message: OnMessage) -> Awaitable[Subscription | None]:
+            return retry_while_away(name, lambda: subscribe(on_message), OUTAGES, self._stop)
+
+        await consume_batches(
+            connection, name, subscribing, self._handle,
+            who="feed", most=self.settings.feed_batch_max, watch_s=self.settings.consumer_watch_s,
+            stop=self._stop, ready=self.ready, resubscribed=self.metrics.resubscribed,
+        )  # fmt: skip
 
     async def _handle(self, batch: list[AbstractIncomingMessage]) -> None:
         events: list[StatusEvent] = []

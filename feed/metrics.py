@@ -14,6 +14,12 @@ class FeedMetrics:
             ["outcome"],
             registry=r,
         )
+        self.resubscribed = Counter(
+            "feed_resubscribed_total",
+            "Times RabbitMQ had stopped delivering to this worker while its queue had messages ready, and it "
+            "subscribed again",
+            registry=r,
+        )
         self.retries = Counter("feed_batch_retries_total", "Batch retries while Redis or MongoDB was away", registry=r)
         self.last_seq = Gauge("feed_last_seq", "The last sequence number this worker gave out", registry=r)
 
