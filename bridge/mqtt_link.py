@@ -164,8 +164,9 @@ class BrokerLink:
             self._retry(f"connect failed: {exc}")
             return
         if self.mqtt5 and self.settings.mqtt_protocol == "auto" and not self._ever_connected:
-            # amqtt (MQTT 3.1.1 only) neither answers nor closes an MQTT 5 CONNECT: wait for a
-            # CONNACK only so long, then speak 3.1.1.
+            # A 3.1.1-only broker should answer an MQTT 5 CONNECT with CONNACK 0x01 (the project's
+            # amqtt broker does, `_on_connect`); one that neither answers nor closes (amqtt as
+            # released) is waited for only so long, then spoken to in 3.1.1.
             self._loop.call_later(CONNACK_TIMEOUT_S, self._connack_overdue)
 
     def _retry(self, why: str) -> None:
@@ -177,8 +178,11 @@ class BrokerLink:
             self._schedule_connect(delay)
 
     def _connack_overdue(self) -> None:
+        self._fall_back("did not answer an MQTT 5 CONNECT")
+
+    def _fall_back(self, why: str) -> None:
         if not self._ever_connected and not self._fell_back and not self._stopping:
-            logger.info("%s did not answer an MQTT 5 CONNECT; using MQTT 3.1.1", self.url)
+            logger.info("%s %s; using MQTT 3.1.1", self.url, why)
             self._fell_back = True
             self.mqtt5 = False
             old, self._client = self._client, self._new_client()
@@ -294,6 +298,9 @@ class BrokerLink:
         if client is not self._client:
             return
         if reason.is_failure:
+            if reason == "Unsupported protocol version" and self.settings.mqtt_protocol == "auto":
+                self._fall_back("refused MQTT 5")  # a 3.1.1 broker that says so (CONNACK 0x01)
+                return
             logger.error("%s refused the bridge: %s", self.url, reason)
             return
         logger.info("connected to %s as %s (MQTT %s)", self.url, self.client_id, "5" if self.mqtt5 else "3.1.1")

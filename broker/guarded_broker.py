@@ -12,6 +12,10 @@ client on the broker holds, with no permission check: one restaurant's device re
 restaurant's retained presence (and the loop over the broker's subscriptions can fail with
 "dictionary changed size during iteration" when several clients connect at once).
 
+and it never answers a CONNECT of MQTT 5: it reads the properties as 3.1.1 fields and waits for bytes
+that never come, so a client that tries MQTT 5 first (the bridge does) waited out its own CONNACK
+timeout (3 s) before it fell back to 3.1.1.
+
 and it never ends a silent connection: its reader waits `keep_alive` seconds for a packet, logs the
 timeout and waits again, so a device whose network vanished held its session, and its will, until the
 operating system gave the socket up (never, for a peer that sends nothing).
@@ -19,6 +23,7 @@ operating system gave the socket up (never, for a peer that sends nothing).
 `GuardedBroker` replays retained messages only for filters the session itself holds, and
 authenticates first, then ends the old connection the way a lost connection ends
 (its will is published, as Mosquitto does on a takeover) and waits for that before it continues.
+A CONNECT of another protocol level gets CONNACK 0x01 and the connection is closed [MQTT-3.1.2-2].
 `KeepaliveHandler` ends a connection silent for one and a half keep-alives [MQTT-3.1.2-24] the same way.
 The amqtt version is pinned (pyproject.toml) because this overrides private methods.
 """
@@ -36,6 +41,52 @@ from amqtt.utils import gen_client_id
 logger = logging.getLogger(__name__)
 
 TAKEOVER_TIMEOUT_S = 5.0
+MQTT_311_LEVEL = 4
+UNACCEPTABLE_PROTOCOL_LEVEL = bytes([0x20, 0x02, 0x00, 0x01])  # CONNACK, no session, return code 0x01
+
+
+async def read_exactly(reader: ReaderAdapter, n: int) -> bytes:
+    try:
+        data = await reader.read(n)
+    except (asyncio.IncompleteReadError, ConnectionError) as exc:
+        raise NoDataError(f"connection ended in its CONNECT: {exc}") from exc
+    if len(data) < n:
+        raise NoDataError("connection ended in its CONNECT")
+    return data
+
+
+async def read_protocol_level(reader: ReaderAdapter) -> tuple[int | None, bytes]:
+    """The protocol level of the CONNECT that opens a connection (None if it is not an MQTT CONNECT),
+    and the bytes read to learn it: the fixed header, the protocol name and the level byte."""
+    head = bytearray(await read_exactly(reader, 1))
+    for _ in range(4):  # the remaining length: 1 to 4 bytes, the high bit set on all but the last
+        head += await read_exactly(reader, 1)
+        if not head[-1] & 0x80:
+            break
+    if head[0] & 0xF0 != 0x10:
+        return None, bytes(head)
+    head += await read_exactly(reader, 7)  # name length (2), "MQTT" (4), level (1)
+    return (head[-1] if head[-7:-1] == b"\x00\x04MQTT" else None), bytes(head)
+
+
+class PrefixedReader(ReaderAdapter):
+    """Hands out `head` (bytes already read from `reader`) first, then reads on from `reader`."""
+
+    def __init__(self, head: bytes, reader: ReaderAdapter) -> None:
+        self._head = head
+        self._reader = reader
+
+    async def read(self, n: int = -1) -> bytes:
+        if not self._head:
+            return await self._reader.read(n)
+        if n == -1:
+            data, self._head = self._head + await self._reader.read(-1), b""
+            return data
+        data, self._head = self._head[:n], self._head[n:]
+        return data + await self._reader.read(n - len(data)) if len(data) < n else data
+
+    def feed_eof(self) -> None:
+        self._reader.feed_eof()
 
 
 def silence_allowed_s(keep_alive: int) -> int:
@@ -60,8 +111,16 @@ class GuardedBroker(Broker):
     async def _initialize_client_session(
         self, reader: ReaderAdapter, writer: WriterAdapter, remote_address: str, remote_port: int
     ) -> tuple[BrokerProtocolHandler, Session]:
+        level, head = await read_protocol_level(reader)
+        if level is not None and level != MQTT_311_LEVEL:
+            writer.write(UNACCEPTABLE_PROTOCOL_LEVEL)
+            await writer.drain()
+            await writer.close()
+            raise AMQTTError(f"CONNECT of protocol level {level} from {remote_address}:{remote_port}: 3.1.1 only")
         try:
-            handler, incoming = await KeepaliveHandler.init_from_connect(reader, writer, self.plugins_manager)
+            # amqtt's caller goes on with `reader` itself: the CONNECT is read whole from this one.
+            connect_reader = PrefixedReader(head, reader)
+            handler, incoming = await KeepaliveHandler.init_from_connect(connect_reader, writer, self.plugins_manager)
         except (AMQTTError, MQTTError, NoDataError) as exc:
             # amqtt has already answered a malformed CONNECT where it could; the caller logs and closes.
             raise AMQTTError(f"bad CONNECT from {remote_address}:{remote_port}: {exc}") from exc
