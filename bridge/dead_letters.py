@@ -4,7 +4,8 @@ While RabbitMQ is away a dead letter waits in a Redis list (`{prefix}dead`) inst
 batch it came in: a retried batch would stop the bridge from applying heartbeats, and the devices would
 be taken for silent because of one bad message and an outage. The list is published, oldest first,
 once RabbitMQ answers again (also by the next bridge, should this one stop first). Once one letter
-waits there, later ones queue behind it, so they reach RabbitMQ in the order they came.
+waits there, later ones queue behind it. The letters of one batch are published together, so within
+a batch RabbitMQ may take them in another order, and those it refused wait in Redis in theirs.
 """
 
 import asyncio
@@ -12,6 +13,7 @@ import base64
 import json
 import logging
 import time
+from collections.abc import Sequence
 
 from redis.asyncio import Redis
 
@@ -22,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 LOG_EVERY_S = 10.0  # a flood of bad input is summarised, not logged line by line
 FLUSH_CHUNK = 100
+PUBLISH_AT_ONCE = 200
 
 
 class DeadLetters:
@@ -41,7 +44,25 @@ class DeadLetters:
         """At start: are there letters an earlier bridge left in Redis?"""
         self.waiting = bool(await self.redis.llen(self.key))
 
-    async def reject(self, topic: str, payload: bytes, reason: str, detail: str = "") -> None:
+    async def reject_all(self, letters: Sequence[tuple[str, bytes, str, str]]) -> None:
+        """(topic, payload, reason, detail) each: counted, logged (a flood summarised) and published
+        together, up to `PUBLISH_AT_ONCE` confirms awaited at a time: one by one, a flood of 10,000 bad
+        messages held the bridge's batches (and the good messages in them) for ~40 s."""
+        kept: list[tuple[bytes, dict[str, str]]] = []
+        for topic, payload, reason, detail in letters:
+            self._count(topic, reason, detail)
+            kept.append((payload, {"topic": topic[:1024], "reason": reason, "detail": detail[:1024]}))
+        failed = kept if self.waiting else []
+        for start in range(0, 0 if self.waiting else len(kept), PUBLISH_AT_ONCE):
+            chunk = kept[start : start + PUBLISH_AT_ONCE]
+            sent = await asyncio.gather(*(self._publish(payload, headers) for payload, headers in chunk))
+            failed += [letter for letter, ok in zip(chunk, sent, strict=True) if not ok]
+        if failed:
+            encoded = [json.dumps({"payload": base64.b64encode(p).decode(), "headers": h}) for p, h in failed]
+            await self.redis.rpush(self.key, *encoded)  # Redis away too: the batch is retried
+            self.waiting = True
+
+    def _count(self, topic: str, reason: str, detail: str) -> None:
         self.metrics.invalid.labels(reason).inc()
         now = time.monotonic()
         if now - self._last_log >= LOG_EVERY_S:
@@ -52,11 +73,6 @@ class DeadLetters:
             self._last_log, self._suppressed = now, 0
         else:
             self._suppressed += 1
-        headers = {"topic": topic[:1024], "reason": reason, "detail": detail[:1024]}
-        if self.waiting or not await self._publish(payload, headers):
-            letter = {"payload": base64.b64encode(payload).decode(), "headers": headers}
-            await self.redis.rpush(self.key, json.dumps(letter))  # Redis away too: the batch is retried
-            self.waiting = True
 
     async def flush(self) -> None:
         """Publish the letters waiting in Redis, oldest first; stops at the first failure (call again)."""

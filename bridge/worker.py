@@ -258,6 +258,7 @@ class Bridge:
         statuses: dict[str, DerivedStatus] = {}
         ages: list[tuple[str, int]] = []  # a will's ts is its connection's, so wills are not timed
         oldest_beat = sys.maxsize
+        invalid: list[tuple[str, bytes, str, str]] = []  # (topic, payload, reason, detail): dead-lettered together
         for msg in batch:
             status_of = status_topic_restaurant(msg.topic)
             if status_of is not None:
@@ -278,7 +279,8 @@ class Bridge:
                     beats.append((msg, topic.restaurant_id, topic.device_id, h.epoch))
                     oldest_beat = min(oldest_beat, h.ts)
             except InvalidMessage as exc:
-                await self.dead_letters.reject(msg.topic, msg.payload, exc.reason, exc.detail)
+                invalid.append((msg.topic, msg.payload, exc.reason, exc.detail))
+        await self.dead_letters.reject_all(invalid)
         self._observe_ages(ages, oldest_beat)
         if statuses:
             await self.store.restore_statuses(statuses)
@@ -286,8 +288,8 @@ class Bridge:
         if unknown:
             rejected = [(p[0], p[1]) for p in presence if p[1] in unknown]
             rejected += [(b[0], b[1]) for b in beats if b[1] in unknown]
-            for bad, rid in rejected:
-                await self.dead_letters.reject(bad.topic, bad.payload, "unknown_restaurant", rid)
+            await self.dead_letters.reject_all([(bad.topic, bad.payload, "unknown_restaurant", rid)
+                                                for bad, rid in rejected])  # fmt: skip
             presence = [p for p in presence if p[1] not in unknown]
             beats = [b for b in beats if b[1] not in unknown]
         grace = self.settings.will_grace_s
