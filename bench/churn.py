@@ -536,6 +536,14 @@ class ChurnRun:
             rid = off["ranking"]
             off["sessions"] = [(s.device_id, rel(s.start), rel(s.end), rel(s.beats[-1]) if s.beats else None)
                                for s in truth.sessions.get(rid, [])]  # fmt: skip
+            # Where each truth hears nothing for over half a window: the stretches a stale can come from.
+            half = truth.window.total_seconds() / 2
+            off["silences"] = {
+                which: [(s.device_id, rel(a), rel(b)) for s in sessions.get(rid, [])
+                        for a, b in itertools.pairwise([s.start, *s.beats, s.end or s.start])
+                        if (b - a).total_seconds() > half]
+                for which, sessions in (("early", truth.sessions), ("late", truth.late))
+            }  # fmt: skip
             off["history"] = [(rel(ms / 1000), core_text({"online": v[0], "reason": v[1], "detail": v[2]}))
                               for ms, v in sorted(history.get(rid, {}).items())]  # fmt: skip
             off["heard"] = [(rel(_point_at(e)), rel(datetime.fromisoformat(e["ts"])), rel(e["_heard_ms"] / 1000),
