@@ -140,6 +140,14 @@ class Platform:
         assert self.settings is not None
         return f"http://{LOOPBACK}:{self.settings.api_port}"
 
+    def log_lines(self, name: str, marks: Sequence[str], most: int = 40) -> list[str]:
+        """The first `most` lines of one process's log that contain any of `marks`."""
+        try:
+            lines = self.apps[name].log_file.read_text(errors="replace").splitlines()
+        except OSError as exc:
+            return [f"no log: {exc}"]
+        return [line for line in lines if any(m in line for m in marks)][:most]
+
     def log_problems(self) -> dict[str, list[str]]:
         out = {}
         for name, app in self.apps.items():
@@ -350,6 +358,13 @@ class ChurnRun:
         self._check_transitions(tap.events, history, feed)
         self.report.detection = self._detection(tap.events, events)
         self.report.log_problems = self.platform.log_problems()
+        if self.report.divergences or self.report.ranking_off:
+            # How the bridges started and met the faults: once, every restaurant's birth waited for the
+            # restarted bridge, the first one having applied nothing in 8 s, and nothing else said why.
+            started = datetime.fromtimestamp(self.started, UTC).strftime("%H:%M:%S.%f")[:-3]
+            self.report.bridge_story = [f"run started at {started} UTC",
+                *self.platform.log_lines("bridge", ("connected", "converged", "refused", "reconnect", "WARNING",
+                                                    "stopped", "bridge "))]  # fmt: skip
         self.report.seconds = round(time.monotonic() - t_start, 1)
         return self.report
 

@@ -97,6 +97,7 @@ class ChurnReport:
     detection: dict[str, float] = field(default_factory=dict)
     lag: dict[str, float | None] = field(default_factory=dict)  # the simulator's loop, the bridge's message age
     log_problems: dict[str, list[str]] = field(default_factory=dict)
+    bridge_story: list[str] = field(default_factory=list)  # when something was off: how the bridges went
     seconds: float = 0.0
 
     @property
@@ -131,6 +132,7 @@ class ChurnReport:
         for name, problems in self.log_problems.items():
             for line in problems[:3]:
                 lines.append(f"  log {name}: {line[:160]}")
+        lines += [f"  bridge: {line[:200]}" for line in self.bridge_story]
         return "\n".join(lines)
 
     def rows(self) -> list[Row]:
