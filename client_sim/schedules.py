@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 REASONS = tuple(UnavailabilityReason)
 HTTP_TIMEOUT_S = 10.0
 LOOK_AGAIN = (1.0, 2.0, 4.0)  # seconds before each read-back of an uncertain outcome
+CLOSE_WAIT_S = 2 * HTTP_TIMEOUT_S + sum(LOOK_AGAIN) * 2  # an action's calls and read-backs, at the worst
 
 
 def _ms(text: str) -> int:
@@ -59,6 +60,8 @@ class ScheduleDriver:
         self.recovered = 0  # outcomes learned by reading back after an uncertain answer
         self._tokens: dict[str, str] = {}
         self._pending: set[asyncio.Task[None]] = set()
+        self._sleeping: set[asyncio.Task[None]] = set()  # cancels waiting for their instant, nothing asked yet
+        self._closing = False
         self._logged_errors: set[str] = set()
         self._http = httpx.AsyncClient(base_url=config.api_url, timeout=HTTP_TIMEOUT_S, transport=transport)
 
@@ -72,10 +75,20 @@ class ScheduleDriver:
                 self._spawn(self.schedule_one(self.rng.choice(self.restaurants)))
 
     async def close(self) -> None:
-        """Let actions in flight finish (cancels still waiting are dropped: the run is over)."""
-        for task in list(self._pending):
+        """Let actions in flight finish (cancels still waiting for their instant are dropped: the run is over).
+
+        An action cut off in the middle of its request may be committed by the API without a word in the
+        truth: a run's last POST was once cancelled so, and its unavailability showed in the API alone.
+        """
+        self._closing = True  # an action that finishes now schedules no cancel
+        for task in list(self._sleeping):
             task.cancel()
-        await asyncio.gather(*self._pending, return_exceptions=True)
+        if self._pending:
+            _done, late = await asyncio.wait(self._pending, timeout=CLOSE_WAIT_S)
+            for task in late:
+                self._error("close", f"an action still unanswered after {CLOSE_WAIT_S:.0f} s was given up")
+                task.cancel()
+            await asyncio.gather(*self._pending, return_exceptions=True)
         await self._http.aclose()
 
     def summary(self) -> dict[str, int]:
@@ -108,12 +121,18 @@ class ScheduleDriver:
         self.created += 1
         self.truth.write("unavailability_created", restaurant.restaurant_id, uid=record["id"],
                          reason=record["reason"], start=_ms(record["start"]), end=_ms(record["end"]))
-        if self.rng.random() < self.config.cancel_share:
+        if self.rng.random() < self.config.cancel_share and not self._closing:
             delay = self.rng.uniform(0, lead + length)
             self._spawn(self._cancel_later(restaurant, record["id"], delay))
 
     async def _cancel_later(self, restaurant: RestaurantCredential, uid: str, delay: float) -> None:
-        await asyncio.sleep(delay)
+        task = asyncio.current_task()
+        assert task is not None
+        self._sleeping.add(task)
+        try:
+            await asyncio.sleep(delay)
+        finally:
+            self._sleeping.discard(task)
         path = f"/restaurants/{restaurant.restaurant_id}/unavailabilities/{uid}"
         response = await self._call(restaurant, "DELETE", path)
         if response is not None and response.status_code == 409:  # it ended first: nothing to cancel

@@ -1,5 +1,6 @@
 """client_sim's restaurants schedule and cancel unavailabilities through the real API, and log them."""
 
+import asyncio
 import random
 from datetime import datetime
 from pathlib import Path
@@ -109,3 +110,52 @@ async def listed(app: FastAPI, cred: RestaurantCredential) -> list[dict[str, Any
                                     headers={"Authorization": f"Bearer {token}"})  # fmt: skip
         items: list[dict[str, Any]] = response.json()["items"]
         return items
+
+
+class SlowPosts(httpx.AsyncBaseTransport):
+    """The app handles every request; each POST of an unavailability is answered only once `release` is set."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.inner = httpx.ASGITransport(app=app)
+        self.posted = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        if request.method == "POST" and request.url.path.endswith("/unavailabilities"):
+            self.posted.set()  # committed by the API; the answer is still on its way
+            await self.release.wait()
+        return response
+
+
+async def test_closing_lets_a_request_in_flight_finish_and_drops_cancels_not_yet_due(
+    app: FastAPI, settings: Settings, stack: Any, tmp_path: Path
+) -> None:
+    rid = "sched-close"
+    cred = RestaurantCredential(rid, await make_restaurant(settings, stack, rid))
+    config = SimConfig(api_url="http://api.test", schedule_rate=1.0, schedule_lead_s=(5.0, 6.0),
+                       schedule_length_s=(30.0, 40.0), cancel_share=1.0)  # fmt: skip
+    truth = TruthLog(tmp_path / "truth.jsonl")
+    truth.open()
+    transport = SlowPosts(app)
+    driver = ScheduleDriver(config, [cred], truth, random.Random(5), transport=transport)
+    try:
+        transport.release.set()
+        await driver.schedule_one(cred)  # its cancel now waits for an instant seconds away
+        transport.release.clear()
+        transport.posted.clear()
+        driver._spawn(driver.schedule_one(cred))
+        await wait_until(transport.posted.is_set, 10, message="the second POST never reached the API")
+        closing = asyncio.create_task(driver.close())  # the run ends with that POST's answer on its way
+        await asyncio.sleep(0.2)
+        assert not closing.done()  # it waits for the answer
+        transport.release.set()
+        await asyncio.wait_for(closing, 10)
+    finally:
+        truth.close()
+    assert driver.created == 2 and driver.cancelled == 0 and driver.errors == 0, driver.summary()
+    logged = unavailabilities_from_log(read_events(tmp_path / "truth.jsonl"))[rid]
+    held = await listed(app, cred)
+    assert sorted(_ms(u.start.isoformat()) for u in logged) == sorted(_ms(i["start"]) for i in held)
+    # The cancels not yet due were dropped unasked: nothing cancelled in the API or the truth.
+    assert all(u.cancelled_at is None for u in logged) and all(i["cancelled_at"] is None for i in held)
