@@ -20,7 +20,9 @@ transitions  a tap queue bound to KEEPALIVE_EVENTS sees every STATUS_CHANGED; ea
 The truth follows the platform's documented contract where the log alone cannot know: a will counts
 `will_grace_s` after the socket closed; a connection lost because the broker itself went away ends
 nothing (no will reaches anyone: the device stays counted until its heartbeats are `stale_after_s`
-old or a new birth comes); after Redis is lost, every session still open counts as heard from at the
+old or a new birth comes), unless the broker published the will while shutting down and the bridge's
+connection outlived the device's for those milliseconds (once, in a run under load: the early truth
+has the will land, the late one not); after Redis is lost, every session still open counts as heard from at the
 rebuild (docs/architecture.md, Recovery).
 
 While the bridge is dead, or Redis or RabbitMQ is away (`Blind`), device events wait and are applied
