@@ -73,17 +73,25 @@ class LosesAnswers(httpx.AsyncBaseTransport):
         return response
 
 
+async def one_restaurant(
+    settings: Settings, stack: Any, tmp_path: Path, rid: str, transport: httpx.AsyncBaseTransport,
+    cancel_share: float, seed: int,
+) -> tuple[RestaurantCredential, TruthLog, ScheduleDriver]:
+    """A restaurant, an open truth log and a driver of its unavailabilities (5-6 s ahead, 30-40 s long)."""
+    cred = RestaurantCredential(rid, await make_restaurant(settings, stack, rid))
+    config = SimConfig(api_url="http://api.test", schedule_rate=1.0, schedule_lead_s=(5.0, 6.0),
+                       schedule_length_s=(30.0, 40.0), cancel_share=cancel_share)  # fmt: skip
+    truth = TruthLog(tmp_path / "truth.jsonl")
+    truth.open()
+    return cred, truth, ScheduleDriver(config, [cred], truth, random.Random(seed), transport=transport)
+
+
 async def test_a_lost_answer_is_read_back_and_logged_as_the_api_holds_it(
     app: FastAPI, settings: Settings, stack: Any, tmp_path: Path
 ) -> None:
     rid = "sched-lost"
-    cred = RestaurantCredential(rid, await make_restaurant(settings, stack, rid))
-    config = SimConfig(api_url="http://api.test", schedule_rate=1.0, schedule_lead_s=(5.0, 6.0),
-                       schedule_length_s=(30.0, 40.0), cancel_share=0.0)  # fmt: skip
-    truth = TruthLog(tmp_path / "truth.jsonl")
-    truth.open()
     transport = LosesAnswers(app)
-    driver = ScheduleDriver(config, [cred], truth, random.Random(3), transport=transport)
+    cred, truth, driver = await one_restaurant(settings, stack, tmp_path, rid, transport, cancel_share=0.0, seed=3)
     try:
         await driver.schedule_one(cred)  # committed, answer lost: read back
         assert driver.created == 1, driver.summary()
@@ -132,13 +140,8 @@ async def test_closing_lets_a_request_in_flight_finish_and_drops_cancels_not_yet
     app: FastAPI, settings: Settings, stack: Any, tmp_path: Path
 ) -> None:
     rid = "sched-close"
-    cred = RestaurantCredential(rid, await make_restaurant(settings, stack, rid))
-    config = SimConfig(api_url="http://api.test", schedule_rate=1.0, schedule_lead_s=(5.0, 6.0),
-                       schedule_length_s=(30.0, 40.0), cancel_share=1.0)  # fmt: skip
-    truth = TruthLog(tmp_path / "truth.jsonl")
-    truth.open()
     transport = SlowPosts(app)
-    driver = ScheduleDriver(config, [cred], truth, random.Random(5), transport=transport)
+    cred, truth, driver = await one_restaurant(settings, stack, tmp_path, rid, transport, cancel_share=1.0, seed=5)
     try:
         transport.release.set()
         await driver.schedule_one(cred)  # its cancel now waits for an instant seconds away
