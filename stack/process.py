@@ -14,6 +14,7 @@ import random
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,26 +43,46 @@ PRIVATE_PORTS = range(20000, 32768)
 RESERVED_PORTS = frozenset({1883, 1884, 5672, 6379, 8000, 9001, 9002, 9102, 25672, 27017})
 
 
+# Ports this process has handed out lately. A port is free when chosen and stays so only until its
+# server binds it, seconds later (RabbitMQ takes ~6 s): a second call meanwhile could hand it out again.
+# `make test` once failed so: `stack run --free-ports` chose the API's port, then the backends' ports in
+# a second call, one of them the same; RabbitMQ bound it first and the API could not.
+_HANDED_OUT: dict[int, float] = {}
+HANDED_OUT_FOR_S = 600.0
+_handed_out_lock = threading.Lock()
+
+
 def free_ports(count: int) -> list[int]:
-    """Distinct free loopback ports: all sockets stay bound until every port is chosen."""
+    """Distinct free loopback ports, none handed out by this process in the last ten minutes."""
     sockets: list[socket.socket] = []
     rng = random.SystemRandom()
-    try:
-        while len(sockets) < count:
-            port = rng.choice(PRIVATE_PORTS)
-            if port in RESERVED_PORTS:
-                continue
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            try:
-                sock.bind((LOOPBACK, port))
-            except OSError:
+    with _handed_out_lock:
+        now = time.monotonic()
+        for port, at in list(_HANDED_OUT.items()):
+            if now - at > HANDED_OUT_FOR_S:
+                del _HANDED_OUT[port]
+        try:
+            attempts = 0
+            while len(sockets) < count:
+                attempts += 1
+                if attempts > 10 * len(PRIVATE_PORTS):
+                    raise OSError(f"no {count} free loopback ports left in {PRIVATE_PORTS}")
+                port = rng.choice(PRIVATE_PORTS)
+                if port in RESERVED_PORTS or port in _HANDED_OUT:
+                    continue
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                try:
+                    sock.bind((LOOPBACK, port))  # all stay bound until every port is chosen: distinct
+                except OSError:
+                    sock.close()
+                    continue
+                sockets.append(sock)
+            chosen = [sock.getsockname()[1] for sock in sockets]
+            _HANDED_OUT.update(dict.fromkeys(chosen, now))
+            return chosen
+        finally:
+            for sock in sockets:
                 sock.close()
-                continue
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def port_accepts(port: int, host: str = LOOPBACK, timeout: float = 0.5) -> bool:

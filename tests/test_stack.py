@@ -23,6 +23,7 @@ from redis.asyncio import Redis
 
 from core.mqtt_passwords import hash_password, upsert_password_entries
 from core.settings import Settings
+from stack import process
 from stack.backends import Backends
 from stack.platform import settings_env
 from stack.process import group_members
@@ -267,3 +268,15 @@ def test_rabbitmq_stopped_while_booting_leaves_no_process(tmp_path: Path) -> Non
     rabbit.stop()  # still booting: the script, its helpers and beam all go
     assert rabbit.process.returncode is not None
     assert not group_members(rabbit.process.pid)
+
+
+def test_free_ports_are_not_handed_out_twice_before_their_servers_bind(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Six ports that are free now, as the only ones to choose from: two calls of three, with nothing
+    # bound in between (as when a supervisor chooses the apps' ports, then the servers'), must not meet.
+    six = free_ports(6)
+    monkeypatch.setattr(process, "PRIVATE_PORTS", six)
+    monkeypatch.setattr(process, "_HANDED_OUT", {})
+    first, second = free_ports(3), free_ports(3)
+    assert sorted(first + second) == sorted(six)
+    with pytest.raises(OSError, match="no 1 free loopback ports"):
+        free_ports(1)  # all six handed out: said so, not looped on for ever
