@@ -53,12 +53,12 @@ async def kill_bridge(run: "ChurnRun") -> dict[str, float]:
     os.kill(bridge.process.pid, signal.SIGKILL)
     await asyncio.to_thread(bridge.process.wait, 10)
     await asyncio.sleep(2.0)
-    t0 = time.monotonic()
+    t0, restarted = time.monotonic(), time.time()
     await asyncio.to_thread(bridge.start)
     await asyncio.to_thread(bridge.wait_ready, 60)
     port = run.settings.bridge_metrics_port
     await _wait(lambda: _metric(port, "bridge_converged") == 1, 60, "the bridge to converge")
-    run.blind.append(Blind(down, time.time(), "lost"))
+    run.blind.append(Blind(down, time.time(), "lost", live_from=restarted))
     return {"down_s": 2.0, "converged_after_restart_s": round(time.monotonic() - t0, 2)}
 
 

@@ -29,7 +29,9 @@ class Blind:
 
     `late`: device events were held back and applied somewhere between when they happened and `end`
     (RabbitMQ away: batches retried). `lost`: presence held back the same way, heartbeats lost or late
-    (the bridge dead: the broker queues QoS 1 presence for it). `rebuild`: presence held back, heartbeats
+    (the bridge dead: the broker queues QoS 1 presence for it), except that from `live_from` (its
+    restart) a heartbeat may also be heard when it is sent: the new bridge stamps what it receives
+    while it reconciles, and applies it as of then. `rebuild`: presence held back, heartbeats
     lost, and every session open at the rebuild counts as heard from then (Redis lost: docs/architecture.md,
     Recovery), the rebuild being between `rebuild_from` (Redis answering again) and `end`.
     """
@@ -38,6 +40,7 @@ class Blind:
     end: float
     kind: str
     rebuild_from: float = 0.0
+    live_from: float | None = None
 
 
 @dataclass
@@ -105,7 +108,9 @@ def _sessions(events: Sequence[dict[str, Any]], window_s: float, will_grace_s: f
             return ms
         if late:
             return int(held.end * 1000)  # applied (last_seen = then) when the bridge caught up
-        return ms if held.kind == "late" else None  # early: a lost heartbeat never counted
+        if held.kind == "late" or (held.live_from is not None and ms >= held.live_from * 1000):
+            return ms  # early: applied as of when it was sent
+        return None  # early: a lost heartbeat never counted
 
     per_device: dict[tuple[str, str], list[_Open]] = {}
     epochs: dict[tuple[str, str], int] = {}
