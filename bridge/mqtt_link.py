@@ -164,8 +164,8 @@ class BrokerLink:
             self._retry(f"connect failed: {exc}")
             return
         if self.mqtt5 and self.settings.mqtt_protocol == "auto" and not self._ever_connected:
-            # A 3.1.1-only broker should answer an MQTT 5 CONNECT with CONNACK 0x01 (the project's
-            # amqtt broker does, `_on_connect`); one that neither answers nor closes (amqtt as
+            # A 3.1.1-only broker should answer an MQTT 5 CONNECT with CONNACK 0x01, as the project's
+            # amqtt broker does (see `_on_connect`); one that neither answers nor closes (amqtt as
             # released) is waited for only so long, then spoken to in 3.1.1.
             self._loop.call_later(CONNACK_TIMEOUT_S, self._connack_overdue)
 
