@@ -29,9 +29,9 @@ class Blind:
 
     `late`: device events were held back and applied somewhere between when they happened and `end`
     (RabbitMQ away: batches retried). `lost`: presence held back the same way, heartbeats lost or late
-    (the bridge dead: the broker queues QoS 1 presence for it), except that from `live_from` (its
-    restart) a heartbeat may also be heard when it is sent: the new bridge stamps what it receives
-    while it reconciles, and applies it as of then. `rebuild`: presence held back, heartbeats
+    (the bridge dead: the broker queues QoS 1 presence for it), except that from `live_from` (the
+    restarted bridge's MQTT connect) a heartbeat may also be heard when it is sent: the new bridge
+    stamps what it receives while it reconciles, and applies it as of then. `rebuild`: presence held back, heartbeats
     lost, and every session open at the rebuild counts as heard from then (Redis lost: docs/architecture.md,
     Recovery), the rebuild being between `rebuild_from` (Redis answering again) and `end`.
     """
