@@ -59,7 +59,6 @@ OUTAGES = (
 PUBLISH_CONCURRENCY = 500  # restaurants whose events are in flight to RabbitMQ at once
 SETTLE_BATCH = 1000  # restaurants settled per pipelined read and commit
 REDIS_CONNECTIONS = 64
-QUIET_AFTER_RETAINED_S = 1.0  # no retained message for this long after SUBACK: the shard is read
 REBUILD_KEEP_S = 30.0  # how often a long reconciliation renews its `rebuilding` key (core/state_marker.py)
 REDIS_WATCH_S = 1.0  # how often the marker key is checked for a Redis that lost its state
 PUBLISH_TIMEOUT_S = 2.0  # a confirm slower than this: RabbitMQ is taken as away, events wait in Redis
@@ -531,6 +530,7 @@ class Bridge:
     async def _convergence_loop(self) -> None:
         """Say when every shard's retained presence has been read; read it again if Redis loses it."""
         started = self._started
+        quiet_s = self.settings.bridge_retained_quiet_s
         while not self._stop.is_set():
             kept = time.monotonic()
             while any(link.reconciling for link in self.links):
@@ -543,7 +543,7 @@ class Bridge:
                     if not link.reconciling or link.reconcile_subscribed_at is None:
                         continue
                     quiet_since = max(link.last_retained_at, link.reconcile_subscribed_at)
-                    if time.monotonic() - quiet_since >= QUIET_AFTER_RETAINED_S and len(self.inbox) == 0:
+                    if time.monotonic() - quiet_since >= quiet_s and len(self.inbox) == 0:
                         link.end_reconciliation()
             self._defer_settles = False
             await self._run_batch(self._settle_all, [])

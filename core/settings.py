@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     mqtt_shared_group: str = "bridge"
     # A restarted bridge finds what arrived meanwhile in its MQTT 5 session if it returns within this.
     bridge_session_expiry_s: float = 60.0
+    # A shard's retained state counts as read once no retained message has come for this long after
+    # SUBACK (MQTT marks no end of it). Brokers send it in one burst; the tests use less.
+    bridge_retained_quiet_s: float = 1.0
     # After SIGTERM, a batch that still meets an outage for this long is left unacknowledged (its
     # session keeps it for the next bridge) and the bridge exits.
     bridge_stop_give_up_s: float = 30.0
