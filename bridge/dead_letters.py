@@ -48,15 +48,20 @@ class DeadLetters:
         """(topic, payload, reason, detail) each: counted, logged (a flood summarised) and published
         together, up to `PUBLISH_AT_ONCE` confirms awaited at a time: one by one, a flood of 10,000 bad
         messages held the bridge's batches (and the good messages in them) for ~40 s."""
+        if not letters:
+            return
         kept: list[tuple[bytes, dict[str, str]]] = []
         for topic, payload, reason, detail in letters:
             self._count(topic, reason, detail)
             kept.append((payload, {"topic": topic[:1024], "reason": reason, "detail": detail[:1024]}))
-        failed = kept if self.waiting else []
-        for start in range(0, 0 if self.waiting else len(kept), PUBLISH_AT_ONCE):
-            chunk = kept[start : start + PUBLISH_AT_ONCE]
-            sent = await asyncio.gather(*(self._publish(payload, headers) for payload, headers in chunk))
-            failed += [letter for letter, ok in zip(chunk, sent, strict=True) if not ok]
+        if self.waiting:
+            failed = kept  # queue behind the letters already waiting in Redis
+        else:
+            failed = []
+            for start in range(0, len(kept), PUBLISH_AT_ONCE):
+                chunk = kept[start : start + PUBLISH_AT_ONCE]
+                sent = await asyncio.gather(*(self._publish(payload, headers) for payload, headers in chunk))
+                failed += [letter for letter, ok in zip(chunk, sent, strict=True) if not ok]
         if failed:
             encoded = [json.dumps({"payload": base64.b64encode(p).decode(), "headers": h}) for p, h in failed]
             await self.redis.rpush(self.key, *encoded)  # Redis away too: the batch is retried
