@@ -15,8 +15,11 @@ lint: install
 	$(PYTHON) -m ruff check $(SOURCES)
 	$(PYTHON) -m mypy
 
+# Two pytest-xdist workers, file by file (the tests mostly wait on servers: one process kept the two
+# cores 37% busy), then the churn runs alone, as they keep both cores busy themselves.
 test: lint
-	$(PYTHON) -m pytest
+	$(PYTHON) -m pytest -n 2 --dist loadfile -m "not churn"
+	$(PYTHON) -m pytest -m churn tests/test_churn_runs.py
 
 # Only the churn runs of `make test`: the platform against the ground truth, alone and with one fault
 # each (kill -9 of the bridge, Redis emptied, RabbitMQ, FerretDB, broker restarted): ~3.5 min.

@@ -16,7 +16,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,9 +38,28 @@ def free_port() -> int:
 
 # Below Linux's ephemeral range (32768–60999): a port the kernel hands out for outgoing connections
 # (hundreds a second while tests run) could otherwise be taken between choosing it and the server binding it.
-PRIVATE_PORTS = range(20000, 32768)
+PRIVATE_PORTS: Sequence[int] = range(20000, 32768)
 # The fixed ports of `make run` (docs/architecture.md), left alone so that tests never hold one of them.
 RESERVED_PORTS = frozenset({1883, 1884, 5672, 6379, 8000, 9001, 9002, 9102, 25672, 27017})
+
+
+def private_ports() -> Sequence[int]:
+    """PRIVATE_PORTS, or with PRESENCE_PORT_SLICE="k/n" the k-th (from 0) of n equal parts of it.
+
+    `make test` runs two pytest processes at once (pytest-xdist), each with its own servers: each
+    chooses from its own part, so that one never hands out a port the other chose and has not bound yet.
+    """
+    spec = os.environ.get("PRESENCE_PORT_SLICE")
+    if not spec:
+        return PRIVATE_PORTS
+    try:
+        k, n = (int(part) for part in spec.split("/"))
+    except ValueError:
+        raise ValueError(f"PRESENCE_PORT_SLICE={spec!r}: expected k/n, as 1/2") from None
+    if not 0 <= k < n:
+        raise ValueError(f"PRESENCE_PORT_SLICE={spec!r}: k must be 0 to n - 1")
+    size = len(PRIVATE_PORTS) // n
+    return PRIVATE_PORTS[k * size : (k + 1) * size]
 
 
 # Ports this process has handed out lately. A port is free when chosen and stays so only until its
@@ -56,6 +75,7 @@ def free_ports(count: int) -> list[int]:
     """Distinct free loopback ports, none handed out by this process in the last ten minutes."""
     sockets: list[socket.socket] = []
     rng = random.SystemRandom()
+    ports = private_ports()
     with _handed_out_lock:
         now = time.monotonic()
         for port, at in list(_HANDED_OUT.items()):
@@ -65,9 +85,9 @@ def free_ports(count: int) -> list[int]:
             attempts = 0
             while len(sockets) < count:
                 attempts += 1
-                if attempts > 10 * len(PRIVATE_PORTS):
-                    raise OSError(f"no {count} free loopback ports left in {PRIVATE_PORTS}")
-                port = rng.choice(PRIVATE_PORTS)
+                if attempts > 10 * len(ports):
+                    raise OSError(f"no {count} free loopback ports left in {ports}")
+                port = rng.choice(ports)
                 if port in RESERVED_PORTS or port in _HANDED_OUT:
                     continue
                 sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

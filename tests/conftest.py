@@ -2,7 +2,9 @@
 
 `stack` starts Redis, RabbitMQ, FerretDB, Mosquitto and amqtt on free loopback ports in a temporary
 directory, so the tests run even while `make run` holds the fixed ports. With PRESENCE_TEST_REUSE
-set, the servers of a running `make run` are used instead (faster edit-test loops).
+set, the servers of a running `make run` are used instead (faster edit-test loops). `make test` runs
+the tests in two pytest-xdist workers, file by file, each with its own servers; the churn runs after,
+alone (tests/test_churn_runs.py).
 """
 
 import asyncio
@@ -23,6 +25,12 @@ from stack.process import port_accepts
 from tests.helpers import BROKERS
 
 PLATFORM_USER = "platform"
+
+# Under pytest-xdist (`make test` runs two workers), each worker and the servers it starts choose
+# loopback ports from a part of the range of their own (stack/process.py `private_ports`).
+if "PYTEST_XDIST_WORKER" in os.environ:
+    _worker = int(os.environ["PYTEST_XDIST_WORKER"].removeprefix("gw"))
+    os.environ.setdefault("PRESENCE_PORT_SLICE", f"{_worker}/{os.environ['PYTEST_XDIST_WORKER_COUNT']}")
 
 
 @pytest.fixture(scope="session")

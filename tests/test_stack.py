@@ -274,9 +274,25 @@ def test_free_ports_are_not_handed_out_twice_before_their_servers_bind(monkeypat
     # Six ports that are free now, as the only ones to choose from: two calls of three, with nothing
     # bound in between (as when a supervisor chooses the apps' ports, then the servers'), must not meet.
     six = free_ports(6)
+    monkeypatch.delenv("PRESENCE_PORT_SLICE", raising=False)
     monkeypatch.setattr(process, "PRIVATE_PORTS", six)
     monkeypatch.setattr(process, "_HANDED_OUT", {})
     first, second = free_ports(3), free_ports(3)
     assert sorted(first + second) == sorted(six)
     with pytest.raises(OSError, match="no 1 free loopback ports"):
         free_ports(1)  # all six handed out: said so, not looped on for ever
+
+
+def test_parallel_test_workers_choose_ports_from_parts_of_their_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    parts = []
+    for k in range(3):
+        monkeypatch.setenv("PRESENCE_PORT_SLICE", f"{k}/3")
+        parts.append(set(process.private_ports()))
+        monkeypatch.setattr(process, "_HANDED_OUT", {})
+        assert set(free_ports(5)) <= parts[k]
+    assert not parts[0] & parts[1] and not parts[1] & parts[2] and not parts[0] & parts[2]
+    assert sum(map(len, parts)) == len(process.PRIVATE_PORTS) - len(process.PRIVATE_PORTS) % 3
+    for spec in ("3/3", "two/3", "1"):
+        monkeypatch.setenv("PRESENCE_PORT_SLICE", spec)
+        with pytest.raises(ValueError, match="PRESENCE_PORT_SLICE"):
+            process.private_ports()
