@@ -108,6 +108,11 @@ class RetainedLink:
 
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         if reason.is_failure:
+            if reason == "Unsupported protocol version" and self.mqtt5 and self.settings.mqtt_protocol == "auto":
+                # A 3.1.1 broker that says so (CONNACK 0x01; the project's amqtt does): no need to wait.
+                assert self._loop is not None
+                self._loop.call_soon_threadsafe(self._fall_back_now, "refused MQTT 5")
+                return
             logger.error("%s refused the scheduler: %s", self.url, reason)
             return
         self._ever_connected = True
@@ -116,8 +121,8 @@ class RetainedLink:
         logger.info("scheduler connected to %s as %s (MQTT %s)", self.url, self.client_id, version)
 
     def _on_disconnect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
-        if client is not self.client:
-            return  # the MQTT 5 attempt that was replaced
+        if client is not self.client or not self._ever_connected:
+            return  # the MQTT 5 attempt that was replaced, or a connection never made: nothing was lost
         self.connected = False
         if not self._stopped:
             logger.warning("%s: connection lost (%s); paho reconnects and resends", self.url, reason)
@@ -154,14 +159,19 @@ class RetainedLink:
             self._fallback_timer = self._loop.call_later(CONNACK_TIMEOUT_S, self._connack_overdue)
 
     def _connack_overdue(self) -> None:
-        if not self._ever_connected and not self._stopped:
-            logger.info("%s did not answer an MQTT 5 CONNECT; using MQTT 3.1.1", self.url)
+        self._fall_back_now("did not answer an MQTT 5 CONNECT")
+
+    def _fall_back_now(self, why: str) -> None:
+        if self.mqtt5 and not self._ever_connected and not self._stopped:
+            logger.info("%s %s; using MQTT 3.1.1", self.url, why)
+            if self._fallback_timer is not None:
+                self._fallback_timer.cancel()
+            self.mqtt5 = False  # now: a second refusal or the timer must not fall back twice
             asyncio.get_running_loop().create_task(self._fall_back())
 
     async def _fall_back(self) -> None:
         old = self.client
-        self.mqtt5 = False
-        self.client = self._new_client()
+        self.client = self._new_client()  # MQTT 3.1.1
         # At once, before anything else is published: what the old client held goes to the new one
         # (paho keeps it until connected), so its mids cannot be mistaken for the new client's.
         self._on_replaced(self)

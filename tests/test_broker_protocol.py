@@ -2,7 +2,8 @@
 
 amqtt as released read an MQTT 5 CONNECT's properties as 3.1.1 fields and waited for bytes that never
 came; the bridge, which tries MQTT 5 first, sat out its CONNACK timeout at every start on amqtt. The
-broker now answers CONNACK 0x01 and closes [MQTT-3.1.2-2], and the bridge falls back on that answer.
+broker now answers CONNACK 0x01 and closes [MQTT-3.1.2-2], and the bridge and the scheduler fall back
+on that answer.
 """
 
 import asyncio
@@ -18,6 +19,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from bridge.worker import Bridge
 from core.settings import Settings
+from scheduler.retained_link import RetainedLink
 from tests.helpers import wait_until
 
 
@@ -86,3 +88,27 @@ async def test_the_bridge_on_auto_falls_back_when_the_broker_refuses_mqtt5(
     finally:
         bridge.request_stop()
         await asyncio.wait_for(task, 30)
+
+
+async def test_the_schedulers_link_on_auto_falls_back_when_the_broker_refuses_mqtt5(
+    settings: Settings, stack: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # It used to log each refusal as a lost connection and wait out its 3 s CONNACK timeout, so its
+    # first retained statuses were acknowledged seconds late on amqtt.
+    host, port = amqtt_address(stack)
+    acked: list[int] = []
+    link = RetainedLink(f"mqtt://{host}:{port}", 0, settings.model_copy(update={"mqtt_protocol": "auto"}),
+                        uuid.uuid4().hex[:8], lambda _link, mids: acked.extend(mids), lambda _link: None)  # fmt: skip
+    caplog.set_level(logging.INFO, logger="scheduler.retained_link")
+    link.start()
+    try:
+        await wait_until(lambda: link.connected, 10, message="the scheduler's link never connected")
+        mid = link.publish(f"restaurants/proto-{uuid.uuid4().hex[:8]}/status", b'{"online":true}')
+        await wait_until(lambda: mid in acked, 10, message="no PUBACK")
+        records = [r for r in caplog.records if r.name == "scheduler.retained_link"]
+        messages = [r.getMessage() for r in records]
+        assert any("refused MQTT 5; using MQTT 3.1.1" in m for m in messages), messages
+        assert not any("did not answer" in m for m in messages), messages
+        assert not [r for r in records if r.levelno >= logging.WARNING], messages
+    finally:
+        await link.stop()
