@@ -436,22 +436,27 @@ class Bridge:
                 logger.info("could not flush held events (%s)", exc)
 
     def _publish_retained(self, restaurant_id: str, status_json: str) -> None:
+        self._retained_pending.append((restaurant_id, status_json, self._send_retained(restaurant_id, status_json)))
+
+    def _send_retained(self, restaurant_id: str, status_json: str) -> MQTTMessageInfo:
         link = self.links[shard_of(restaurant_id, len(self.links))]
-        info = link.publish_retained(status_topic(restaurant_id), status_json.encode())
-        self._retained_pending.append((restaurant_id, status_json, info))
+        return link.publish_retained(status_topic(restaurant_id), status_json.encode())
 
     async def _check_retained(self, wait: bool = False) -> None:
-        """Forget queued retained statuses the broker has acknowledged; send again what never left."""
+        """Forget queued retained statuses the broker has acknowledged; send again what never left, and
+        the committed status where another writer's newer one may have landed first (`clear_status_outboxes`).
+        """
         deadline = time.monotonic() + (5 if wait else 0)
         while True:
+            # Taken, not read in place: the sweep may settle (and queue more) while this awaits Redis.
+            pending, self._retained_pending = self._retained_pending, []
             still: list[tuple[str, str, MQTTMessageInfo]] = []
             acked: list[tuple[str, str, MQTTMessageInfo]] = []
-            for rid, payload, info in self._retained_pending:
+            for rid, payload, info in pending:
                 if info.rc != mqtt.MQTT_ERR_SUCCESS:
                     # Not connected when it was published: paho dropped it. Redis still has it queued.
-                    link = self.links[shard_of(rid, len(self.links))]
-                    if link.connected:
-                        still.append((rid, payload, link.publish_retained(status_topic(rid), payload.encode())))
+                    if self.links[shard_of(rid, len(self.links))].connected:
+                        still.append((rid, payload, self._send_retained(rid, payload)))
                     else:
                         still.append((rid, payload, info))
                 elif info.is_published():
@@ -460,11 +465,14 @@ class Bridge:
                     still.append((rid, payload, info))
             if acked:
                 try:
-                    await self.store.clear_status_outboxes([(rid, payload) for rid, payload, _ in acked])
+                    again = await self.store.clear_status_outboxes([(rid, payload) for rid, payload, _ in acked])
                 except OUTAGES:
                     still.extend(acked)  # cleared on a later pass
-            self._retained_pending = still
-            if not still or time.monotonic() >= deadline:
+                else:
+                    still.extend((rid, committed, self._send_retained(rid, committed)) for rid, committed in again)
+                    self.metrics.retained_republished.inc(len(again))
+            self._retained_pending[:0] = still
+            if not self._retained_pending or time.monotonic() >= deadline:
                 return
             await asyncio.sleep(0.05)
 

@@ -316,16 +316,29 @@ class PresenceStore:
                     pipe.hdel(self.key(rid), *names)
             await pipe.execute()
 
-    async def clear_status_outbox(self, restaurant_id: str, published: str) -> None:
-        """Forget the retained status only if no newer one was queued meanwhile."""
-        await self.clear_status_outboxes([(restaurant_id, published)])
+    async def clear_status_outbox(self, restaurant_id: str, published: str) -> list[tuple[str, str]]:
+        """Forget the retained status only if no newer one was queued meanwhile (`clear_status_outboxes`)."""
+        return await self.clear_status_outboxes([(restaurant_id, published)])
 
-    async def clear_status_outboxes(self, published: Sequence[tuple[str, str]]) -> None:
-        """`clear_status_outbox` for many restaurants: one compare-and-delete script each, pipelined."""
+    async def clear_status_outboxes(self, published: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+        """After the broker acknowledged these retained statuses: forget each that is still the one queued.
+
+        Returns (restaurant, committed status) where the committed status is no longer the one
+        acknowledged: another writer committed a newer one, and its retained copy may have reached the
+        broker first (bridge and scheduler publish on connections of their own), leaving the older one
+        retained. The caller publishes the committed one again, and checks it likewise once acknowledged:
+        whoever lands last then reads the committed status after landing, so the broker ends up with it.
+        One compare-and-delete script each, pipelined.
+        """
         async with self.redis.pipeline(transaction=False) as pipe:
             for rid, payload in published:
                 await self._clear_if_equal(keys=[self.key(rid)], args=[STATUS_OUTBOX, payload], client=pipe)
-            await pipe.execute()
+            replies = await pipe.execute()
+        again: list[tuple[str, str]] = []
+        for (rid, _), reply in zip(published, replies, strict=True):
+            if isinstance(reply, str):
+                again.append((rid, reply))
+        return again
 
     async def restaurant_ids(self, batch: int = 1000) -> list[str]:
         start = len(self.prefix) + 2

@@ -27,6 +27,11 @@ class SchedulerMetrics:
         self.retained_acked = Counter(
             "scheduler_retained_acked_total", "Retained statuses acknowledged by the broker", registry=r
         )
+        self.retained_republished = Counter(
+            "scheduler_retained_republished_total",
+            "Committed statuses published again: another writer's newer one may have landed before an older one",
+            registry=r,
+        )
         self.horizon_lag = Gauge(
             "scheduler_horizon_lag_seconds",
             "How far behind the wall clock the bridges' horizon held the last claim (core/horizons.py)",

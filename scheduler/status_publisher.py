@@ -33,7 +33,7 @@ from core.status_service import Settled
 from core.task_stop import cancel_and_wait
 from scheduler.metrics import SchedulerMetrics
 from scheduler.retained_link import RetainedLink
-from scheduler.retry import OUTAGES, Abandoned
+from scheduler.retry import OUTAGES, Abandoned, Retrier
 
 logger = logging.getLogger(__name__)
 
@@ -64,11 +64,11 @@ class StatusPublisher:
         self._acked: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         self._clearer: asyncio.Task[None] | None = None
         self._clearing = 0
-        self._retry: Retry[None] | None = None
+        self._retry: Retrier | None = None
         self.held: set[str] = set()  # restaurants whose events wait in their outbox for RabbitMQ
         self._flusher: asyncio.Task[None] | None = None
 
-    async def open(self, retry: Retry[None]) -> None:
+    async def open(self, retry: Retrier) -> None:
         """Connect to RabbitMQ (retried while it is away) and start one MQTT link per broker shard."""
         self._retry = retry
         await retry(self.events.open, "opening RabbitMQ")
@@ -198,13 +198,19 @@ class StatusPublisher:
     async def publish_retained(self, restaurant_id: str, status_json: str) -> None:
         """Hand the status to its shard's MQTT link; its outbox field is cleared when the PUBACK comes."""
         await self._slots.acquire()  # backpressure while a broker is away: paho would queue without bound
-        link = self.links[shard_of(restaurant_id, len(self.links))]
         try:
-            mid = link.publish(status_topic(restaurant_id), status_json.encode())
+            self._send(restaurant_id, status_json)
         except ConnectionError:
             self._slots.release()
             raise
-        self._pending[(link.index, mid)] = (restaurant_id, status_json)
+
+    def _send(self, restaurant_id: str, status_json: str) -> None:
+        """Publish on the restaurant's shard, in a slot already taken."""
+        link = self.links[shard_of(restaurant_id, len(self.links))]
+        self._pending[(link.index, link.publish(status_topic(restaurant_id), status_json.encode()))] = (
+            restaurant_id,
+            status_json,
+        )
         self.metrics.retained_pending.set(len(self._pending))
 
     async def republish(self, snap: RestaurantSnapshot, retry: Retry[None], older_than_ms: int | None = None) -> int:
@@ -241,18 +247,31 @@ class StatusPublisher:
             self._pending[(link.index, link.publish(status_topic(rid), payload.encode()))] = (rid, payload)
 
     async def _clear_acked(self) -> None:
-        """Forget the retained statuses the broker has, a batch per round trip; a newer one queued meanwhile stays."""
+        """Forget the retained statuses the broker has, a batch per round trip; a newer one queued meanwhile
+        stays. Where a newer one was committed (by a bridge, say), publish it again: the broker may have
+        taken its copy before this older one (`PresenceStore.clear_status_outboxes`).
+        """
         assert self._retry is not None
         while True:
             batch = [await self._acked.get()]
             while len(batch) < CLEAR_BATCH and not self._acked.empty():
                 batch.append(self._acked.get_nowait())
             self._clearing = len(batch)
+            again: list[tuple[str, str]] = []
             # Abandoned (stopping): the fields stay, and the next leader publishes the same statuses again.
             with contextlib.suppress(Abandoned):
-                await self._retry(partial(self.store.clear_status_outboxes, batch), "clearing retained statuses")
+                again = await self._retry(partial(self.store.clear_status_outboxes, batch),
+                                          "clearing retained statuses")  # fmt: skip
             self.metrics.retained_acked.inc(len(batch))
-            for _ in batch:
+            sent = 0
+            for rid, committed in again:  # each in the slot of the one it follows, taken already
+                try:
+                    self._send(rid, committed)
+                    sent += 1
+                except ConnectionError as exc:  # its writer's own copy stands (or the next leader's)
+                    logger.warning("could not publish the committed status of %s again: %s", rid, exc)
+            self.metrics.retained_republished.inc(sent)
+            for _ in range(len(batch) - sent):
                 self._slots.release()
             self._clearing = 0
 

@@ -4,6 +4,7 @@ import asyncio
 import json
 import threading
 import time
+import uuid
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -156,3 +157,34 @@ class EventTap:
 async def settle_time(seconds: float = 0.3) -> None:
     """Give a pipeline the chance to do something it must not do (used only to assert absence)."""
     await asyncio.sleep(seconds)
+
+
+class StatusWatcher:
+    """Subscribes as the platform user to `restaurants/<rid>/status` and keeps every payload it gets."""
+
+    def __init__(self, url: str, settings: Settings, restaurant_id: str) -> None:
+        parts = urlsplit(url)
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 1883
+        self.settings = settings
+        self.topic = status_topic(restaurant_id)
+        # Appended from paho's thread, read by the test: list.append is atomic, nothing else is shared.
+        self.received: list[tuple[bool, dict[str, Any]]] = []
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"watch-{uuid.uuid4().hex[:12]}")
+
+    def __enter__(self) -> "StatusWatcher":
+        subscribed = threading.Event()
+        self.client.username_pw_set(self.settings.mqtt_username, self.settings.mqtt_password)
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(self.topic, qos=1)
+        self.client.on_subscribe = lambda c, u, mid, rc, p: subscribed.set()
+        self.client.on_message = lambda c, u, msg: self.received.append((bool(msg.retain), json.loads(msg.payload)))
+        self.client.connect(self.host, self.port, keepalive=10)
+        self.client.loop_start()
+        assert subscribed.wait(10), "status watcher could not subscribe"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def last(self) -> dict[str, Any] | None:
+        return self.received[-1][1] if self.received else None

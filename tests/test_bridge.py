@@ -21,13 +21,14 @@ from redis.asyncio import Redis
 from bridge.mqtt_link import Inbound
 from bridge.worker import Bridge
 from core.db import open_mongo
+from core.ids import status_topic
 from core.messages import DeviceState
 from core.presence_store import PresenceStore
 from core.settings import Settings
 from core.status import Unavailability, UnavailabilityReason
 from core.status_codec import profile_json
 from core.status_service import StatusService
-from tests.devices import ALWAYS_CLOSED, ALWAYS_OPEN, Device, EventTap, make_restaurant, settle_time
+from tests.devices import ALWAYS_CLOSED, ALWAYS_OPEN, Device, EventTap, StatusWatcher, make_restaurant, settle_time
 from tests.helpers import wait_until
 from tests.tcp_cut import CuttableRelay
 
@@ -531,3 +532,25 @@ async def test_python_m_bridge_converges_and_drains_on_sigterm(settings: Setting
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def test_an_older_status_acknowledged_after_the_committed_one_is_followed_by_it(env: dict[str, Any]) -> None:
+    # The scheduler (or another bridge) commits a newer status and its retained copy reaches the broker
+    # before this bridge's older one: the bridge, acknowledged for a status that is no longer the
+    # committed one, publishes the committed one again (tests/test_scheduler.py has the scheduler's side).
+    settings, store = env["settings"], env["service"].store
+    rid = f"r-race-{uuid.uuid4().hex[:8]}"
+    older = {"restaurant_id": rid, "online": False, "reason": "DISCONNECTED"}
+    newer = {"restaurant_id": rid, "online": False, "reason": "UNAVAILABLE"}
+    await store.redis.hset(store.key(rid), "s", json.dumps(newer))
+    async with running_bridge(settings) as bridge:
+        with StatusWatcher(env["url"], settings, rid) as watcher:
+            sent = watcher.client.publish(status_topic(rid), json.dumps(newer), qos=1, retain=True)
+            await asyncio.to_thread(sent.wait_for_publish, 5)
+            await wait_until(lambda: watcher.last() == newer, message="the other writer's copy never came")
+            bridge._publish_retained(rid, json.dumps(older))  # settled before the newer one, sent after it
+            await wait_until(lambda: len(watcher.received) >= 3, message="the committed status was not sent again")
+            assert [payload for _, payload in watcher.received] == [newer, older, newer]
+            assert bridge.metrics.registry.get_sample_value("bridge_retained_republished_total") == 1
+            await settle_time(0.5)
+            assert len(watcher.received) == 3  # the committed one, acknowledged, is not sent again

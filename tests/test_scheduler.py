@@ -5,7 +5,6 @@ import json
 import os
 import signal
 import sys
-import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -14,9 +13,7 @@ from functools import partial
 from typing import Any, cast
 from urllib.parse import urlsplit
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 from redis.asyncio import Redis
 
 from core.amqp import EventPublisher
@@ -35,8 +32,11 @@ from core.status import DerivedStatus, Unavailability, UnavailabilityReason
 from core.status_codec import profile_json
 from core.status_service import Settled, StatusService
 from scheduler.leader import LeaderLock
+from scheduler.metrics import SchedulerMetrics
+from scheduler.retry import Retrier
+from scheduler.status_publisher import StatusPublisher
 from scheduler.worker import Scheduler
-from tests.devices import ALWAYS_OPEN, EventTap, make_restaurant, settle_time
+from tests.devices import ALWAYS_OPEN, EventTap, StatusWatcher, make_restaurant, settle_time
 from tests.helpers import wait_until
 from tests.tcp_cut import CuttableRelay
 
@@ -84,37 +84,6 @@ async def running(settings: Settings, instance: str | None = None) -> AsyncItera
     finally:
         scheduler.request_stop()
         await asyncio.wait_for(task, 30)
-
-
-class StatusWatcher:
-    """Subscribes as the platform user to `restaurants/<rid>/status` and keeps every payload it gets."""
-
-    def __init__(self, url: str, settings: Settings, restaurant_id: str) -> None:
-        parts = urlsplit(url)
-        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 1883
-        self.settings = settings
-        self.topic = status_topic(restaurant_id)
-        # Appended from paho's thread, read by the test: list.append is atomic, nothing else is shared.
-        self.received: list[tuple[bool, dict[str, Any]]] = []
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=unique("watch"))
-
-    def __enter__(self) -> "StatusWatcher":
-        subscribed = threading.Event()
-        self.client.username_pw_set(self.settings.mqtt_username, self.settings.mqtt_password)
-        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(self.topic, qos=1)
-        self.client.on_subscribe = lambda c, u, mid, rc, p: subscribed.set()
-        self.client.on_message = lambda c, u, msg: self.received.append((bool(msg.retain), json.loads(msg.payload)))
-        self.client.connect(self.host, self.port, keepalive=10)
-        self.client.loop_start()
-        assert subscribed.wait(10), "status watcher could not subscribe"
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-    def last(self) -> dict[str, Any] | None:
-        return self.received[-1][1] if self.received else None
 
 
 async def add_unavailability(env: dict[str, Any], rid: str, start: datetime, end: datetime) -> None:
@@ -675,3 +644,40 @@ async def test_a_bridge_that_stopped_publishing_its_horizon_holds_nothing_back(e
     assert await store.redis.hkeys(horizons.key) == ["live"]  # the dead entry is gone
     await horizons.withdraw("live")
     assert await horizons.lowest(now) == now
+
+
+async def test_an_older_status_acknowledged_after_the_committed_one_is_followed_by_it(
+    env: dict[str, Any], stack: Any
+) -> None:
+    # A bridge and the scheduler publish retained statuses on connections of their own: a status
+    # committed later (by the bridge, say) can reach the broker before an older one. The writer whose
+    # older status is acknowledged after the committed one moved on publishes the committed one again.
+    settings, store = env["settings"], env["store"]
+    rid = unique("r-race")
+    older = {"restaurant_id": rid, "online": False, "reason": "CLOSED"}
+    newer = {"restaurant_id": rid, "online": True, "reason": None}
+    # Committed by the other writer, whose copy the broker took and acknowledged (its outbox is cleared).
+    await store.redis.hset(store.key(rid), "s", json.dumps(newer))
+    metrics = SchedulerMetrics()
+    publisher = StatusPublisher(settings, store, metrics, "race")
+    with StatusWatcher(stack.mosquitto_url, settings, rid) as watcher:
+        sent = watcher.client.publish(status_topic(rid), json.dumps(newer), qos=1, retain=True)
+        await asyncio.to_thread(sent.wait_for_publish, 5)
+        await wait_until(lambda: watcher.last() == newer, message="the other writer's copy never came")
+        await publisher.open(Retrier(lambda: True, lambda: None))
+        try:
+            await publisher.publish_retained(rid, json.dumps(older))  # the late one
+            await wait_until(lambda: len(watcher.received) >= 3, message="the committed status was not sent again")
+            assert [payload for _, payload in watcher.received] == [newer, older, newer]
+            assert metrics.registry.get_sample_value("scheduler_retained_republished_total") == 1
+            # Acknowledged while it is the committed one: nothing more is sent.
+            await publisher.publish_retained(rid, json.dumps(newer))
+            await wait_until(lambda: metrics.registry.get_sample_value("scheduler_retained_acked_total") == 3)
+            await settle_time(0.3)
+            assert len(watcher.received) == 4
+            assert metrics.registry.get_sample_value("scheduler_retained_republished_total") == 1
+        finally:
+            await publisher.close()
+    with StatusWatcher(stack.mosquitto_url, settings, rid) as late:  # what the broker keeps for the next device
+        await wait_until(lambda: late.received, message="no retained status")
+        assert late.received == [(True, newer)]

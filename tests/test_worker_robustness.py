@@ -58,10 +58,17 @@ async def test_clearing_the_status_outbox_survives_heartbeats_on_the_same_hash(s
         assert await store.redis.hget(store.key(rid), STATUS_OUTBOX) is None
 
 
-async def test_a_newer_queued_status_is_not_cleared(store: PresenceStore) -> None:
-    await store.redis.hset(store.key("newer"), STATUS_OUTBOX, "second")
-    await store.redis.hset(store.key("same"), STATUS_OUTBOX, "first")
-    await store.clear_status_outboxes([("newer", "first"), ("same", "first"), ("absent", "first")])
+async def test_a_newer_queued_status_is_not_cleared_and_a_newer_committed_one_is_sent_again(
+    store: PresenceStore,
+) -> None:
+    await store.redis.hset(store.key("newer"), mapping={STATUS_OUTBOX: "second", "s": "second"})
+    await store.redis.hset(store.key("same"), mapping={STATUS_OUTBOX: "first", "s": "first"})
+    await store.redis.hset(store.key("moved"), "s", "third")  # committed and cleared by another writer
+    await store.redis.hset(store.key("done"), "s", "first")  # the same, cleared by another writer
+    again = await store.clear_status_outboxes(
+        [("newer", "first"), ("same", "first"), ("moved", "first"), ("done", "first"), ("absent", "first")]
+    )
+    assert again == [("newer", "second"), ("moved", "third")]
     assert await store.redis.hget(store.key("newer"), STATUS_OUTBOX) == "second"
     assert await store.redis.hget(store.key("same"), STATUS_OUTBOX) is None
     assert not await store.redis.exists(store.key("absent"))
