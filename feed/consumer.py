@@ -183,22 +183,23 @@ class FeedConsumer:
         keys = self.stream.keys
         async with self.stream.redis.pipeline(transaction=False) as pipe:
             for e in events:
-                group = groups.get(e.restaurant_id)
-                entry = json.dumps({**e.status, "group": group}, separators=(",", ":"))
                 await self.append(
-                    keys=[keys.seq, keys.stream, keys.latest, keys.event(e.event_id)],
-                    args=[e.restaurant_id, e.ts_us, group or "", entry, self.settings.feed_stream_maxlen,
+                    keys=[keys.seq, keys.stream, keys.latest, keys.event(e.event_id), keys.moved(e.restaurant_id)],
+                    args=[e.restaurant_id, e.ts_us, groups.get(e.restaurant_id) or "",
+                          json.dumps(e.status, separators=(",", ":")), self.settings.feed_stream_maxlen,
                           self.settings.feed_dedup_ttl_s],
                     client=pipe,
                 )  # fmt: skip
             results = await pipe.execute()
         retry = []
-        for e, (code, seq) in zip(events, results, strict=True):
+        for e, (code, seq, group) in zip(events, results, strict=True):
             if code == NO_COUNTER:
                 retry.append(e)
                 continue
             e.seq = int(seq)
             e.outcome = {SEQUENCED: "sequenced", DUPLICATE: "duplicate", STALE: "stale"}[code]
+            if code == SEQUENCED:
+                groups[e.restaurant_id] = group or None  # a recent move's, for the cold cache too
         return retry
 
     async def _start_counter(self) -> None:

@@ -8,8 +8,11 @@ committed status with the new group to the feed stream, and sets the group in th
 The entry also names the group the restaurant left (`pg`): a dashboard filtered by that group gets the
 frame too, sees a status of another group, and drops the tile.
 
-A STATUS_CHANGED the feed worker sequences in the same few milliseconds may still carry the old group
-(it read the profile just before the change); the restaurant's next status puts it right.
+The feed worker reads groups from the profiles a batch before it appends. A STATUS_CHANGED it read
+the old group for just before the move, and appended just after this entry, took the tile back to the
+old group until the restaurant's next status. So the move is also kept for MOVED_TTL_S under the feed's
+keys, and the append script names that group instead of the one the worker read: any entry after
+this one names the new group.
 """
 
 import json
@@ -18,14 +21,16 @@ import logging
 from core.presence_store import PresenceStore
 from core.settings import Settings
 from feed.documents import DashboardStatus
-from feed.stream import FeedKeys
+from feed.stream import MOVED_TTL_S, FeedKeys
 
 logger = logging.getLogger(__name__)
 
-# KEYS: seq counter, stream. ARGV: restaurant id, group, group left ("" for none), entry JSON, stream
-# length kept. No counter (the feed has not started, or Redis lost it): nothing appended, 0; an API
-# process that loads later reads the group from the cold cache.
+# KEYS: seq counter, stream, the restaurant's recent move. ARGV: restaurant id, group, group left ("" for
+# none), entry JSON, stream length kept, how long the move overrides the feed worker's group (s).
+# No counter (the feed has not started, or Redis lost it): nothing appended, 0; an API process that
+# loads later reads the group from the cold cache.
 REGROUP_LUA = """
+redis.call('SET', KEYS[3], ARGV[2], 'EX', ARGV[6])
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local seq = redis.call('INCR', KEYS[1])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], seq .. '-0',
@@ -48,7 +53,8 @@ class Regrouper:
         if committed is None:
             return 0  # no status yet: its first one will carry the group
         entry = json.dumps({**json.loads(committed), "group": group}, separators=(",", ":"))
-        args: list[str | int] = [restaurant_id, group, left or "", entry, self.settings.feed_stream_maxlen]
-        seq = int(await self._append(keys=[self.keys.seq, self.keys.stream], args=args))
+        args: list[str | int] = [restaurant_id, group, left or "", entry, self.settings.feed_stream_maxlen, MOVED_TTL_S]
+        keys = [self.keys.seq, self.keys.stream, self.keys.moved(restaurant_id)]
+        seq = int(await self._append(keys=keys, args=args))
         logger.info("restaurant %s moved from group %s to %s (feed seq %d)", restaurant_id, left, group, seq)
         return seq

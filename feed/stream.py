@@ -13,23 +13,35 @@ from redis.commands.core import AsyncScript
 
 # Outcomes of APPEND_LUA.
 SEQUENCED, DUPLICATE, STALE, NO_COUNTER = 1, 2, 3, -1
+# How long a move's group overrides the group the feed worker read from the profile: far longer than
+# a batch takes from reading the groups to appending (one round trip each; retried from the read).
+MOVED_TTL_S = 60
 
-# KEYS: seq counter, stream, latest ts per restaurant (hash), this event's marker.
-# ARGV: restaurant id, ts (µs), group ("" for none), entry JSON, stream length kept, marker ttl (s).
+# KEYS: seq counter, stream, latest ts per restaurant (hash), this event's marker, the restaurant's
+# recent move (feed/regroup.py).
+# ARGV: restaurant id, ts (µs), group read by the worker ("" for none), the status JSON (an object
+# without "group"), stream length kept, marker ttl (s).
+# Returns {outcome, seq, group the entry names}. A group moved by the API in the last MOVED_TTL_S wins
+# over the worker's: it may have read the profile just before the move, and its entry would otherwise
+# follow the move's in the stream with the old group.
 APPEND_LUA = """
 local seen = redis.call('GET', KEYS[4])
-if seen then return {2, tonumber(seen)} end
-if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, 0} end
+if seen then return {2, tonumber(seen), ''} end
+if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, 0, ''} end
 local latest = redis.call('HGET', KEYS[3], ARGV[1])
 if latest and tonumber(latest) >= tonumber(ARGV[2]) then
   redis.call('SET', KEYS[4], 0, 'EX', ARGV[6])
-  return {3, 0}
+  return {3, 0, ''}
 end
+local group = redis.call('GET', KEYS[5]) or ARGV[3]
+local named = 'null'
+if group ~= '' then named = cjson.encode(group) end
+local entry = string.sub(ARGV[4], 1, -2) .. ',"group":' .. named .. '}'
 local seq = redis.call('INCR', KEYS[1])
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], seq .. '-0', 'r', ARGV[1], 'g', ARGV[3], 'd', ARGV[4])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], seq .. '-0', 'r', ARGV[1], 'g', group, 'd', entry)
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
 redis.call('SET', KEYS[4], seq, 'EX', ARGV[6])
-return {1, seq}
+return {1, seq, group}
 """
 
 
@@ -60,9 +72,14 @@ class FeedKeys:
         self.stream = f"{prefix}{{feed}}:stream"
         self.latest = f"{prefix}{{feed}}:ts"
         self._event = f"{prefix}{{feed}}:e:"
+        self._moved = f"{prefix}{{feed}}:m:"
 
     def event(self, event_id: str) -> str:
         return self._event + event_id
+
+    def moved(self, restaurant_id: str) -> str:
+        """The group a restaurant was moved to in the last MOVED_TTL_S ("" for none)."""
+        return self._moved + restaurant_id
 
 
 class FeedStream:

@@ -16,6 +16,7 @@ from pymongo import AsyncMongoClient
 from redis.asyncio import Redis
 
 from core.amqp import EventPublisher, dead_letter_name
+from core.db import open_mongo
 from core.documents import Restaurant
 from core.hours import OpeningHours
 from core.messages import Event, EventType, utc_now
@@ -25,6 +26,7 @@ from core.status import DerivedStatus, OfflineReason
 from core.status_codec import profile_json
 from feed.consumer import SEQ_JUMP, FeedConsumer
 from feed.documents import DashboardStatus
+from feed.regroup import Regrouper
 from feed.stream import FeedStream
 from stack.platform import settings_env
 from tests.helpers import wait_until
@@ -114,6 +116,40 @@ async def test_statuses_get_increasing_seqs_and_land_in_stream_and_cache(
         assert {rid: (d["seq"], d["group"], d["status"]["online"]) for rid, d in docs.items()} == {
             "r1": (3, "A", False), "r2": (2, "B", False), "r3": (4, "C", True)
         }  # fmt: skip
+
+
+async def test_a_status_sequenced_after_a_move_names_the_new_group_whatever_the_worker_read(
+    settings: Settings, env: dict[str, Any]
+) -> None:
+    # The worker reads a batch's groups from the profiles, then appends. A STATUS_CHANGED whose group it
+    # read just before the API moved the restaurant, appended just after the move's entry, used to take
+    # the tile back to the old group until the restaurant's next status.
+    await put_groups(env["redis"], settings, {"r-move": "A"})
+    store = PresenceStore(env["redis"], settings.redis_prefix)
+    async with running_feed(settings) as feed:
+        t0 = utc_now()
+        await env["publisher"].publish(status_event("r-move", True, t0))
+        await wait_until(lambda: feed.metrics.value("sequenced") == 1, message="first status")
+        await store.redis.hset(store.key("r-move"), "s", json.dumps(status_event("r-move", True, t0).data))
+        # The move, as the feed worker could still have the profile: the profile itself still says A.
+        mongo = await open_mongo(settings)  # Beanie, as in the API
+        try:
+            assert await Regrouper(store, settings).moved("r-move", "A", "B") == 2
+        finally:
+            await mongo.close()
+        await env["publisher"].publish(status_event("r-move", False, t0 + timedelta(seconds=1)))
+        await wait_until(lambda: feed.metrics.value("sequenced") == 2, message="second status")
+        entries = await env["stream"].read_range(1)
+        assert [(e.seq, e.group, e.left_group) for e in entries] == [(1, "A", None), (2, "B", "A"), (3, "B", None)]
+        fed = json.loads(entries[2].status_json)
+        assert (fed["group"], fed["online"], fed["reason"]) == ("B", False, "DISCONNECTED")
+        doc = await env["cache"].find_one({"_id": "r-move"})
+        assert doc is not None and (doc["seq"], doc["group"]) == (3, "B")
+        # Once the move's hold has passed, the profile names the group again.
+        await env["redis"].delete(FeedStream(env["redis"], settings.redis_prefix).keys.moved("r-move"))
+        await env["publisher"].publish(status_event("r-move", True, t0 + timedelta(seconds=2)))
+        await wait_until(lambda: feed.metrics.value("sequenced") == 3, message="third status")
+        assert (await env["stream"].read_range(4))[0].group == "A"
 
 
 async def test_redelivered_event_gets_no_second_seq_and_older_status_is_not_fed(
