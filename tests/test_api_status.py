@@ -16,6 +16,7 @@ from core.hours import OpeningHours
 from core.messages import DeviceState, Event, EventType
 from core.presence_store import PresenceStore
 from core.settings import Settings
+from core.status import DerivedStatus
 from core.status_service import StatusService
 from stack.services import Redis as RedisServer
 from stack.services import free_port
@@ -146,6 +147,23 @@ async def test_batch_answers_from_views_and_derivation_alike(
     assert body.unknown == ["v-ghost"]
     assert response.content == body.model_dump_json().encode()
     assert (after["view"] - before["view"], after["derived"] - before["derived"]) == (1, 1)
+
+    # One restaurant's status is answered the same way, as in the batch (v-fresh is open all week: its
+    # `until`, a week from the instant asked, moves with the clock).
+    for rid, source in (("v-settled", "view"), ("v-fresh", "derived")):
+        before = _statuses_counted((await client.get("/metrics")).text)
+        single = await client.get(f"/restaurants/{rid}/status")
+        after = _statuses_counted((await client.get("/metrics")).text)
+        assert single.status_code == 200, single.text
+        assert single.headers["content-type"] == "application/json"
+        in_batch = next(s for s in body.statuses if s.restaurant_id == rid)
+        if source == "view":
+            assert single.content == in_batch.model_dump_json().encode()
+        else:
+            assert DerivedStatus.model_validate_json(single.content).model_dump(
+                exclude={"until"}
+            ) == in_batch.model_dump(exclude={"until"})
+        assert after[source] - before[source] == 1, source
 
 
 def _statuses_counted(metrics: str) -> dict[str, float]:
