@@ -4,10 +4,12 @@ Each keeps its files in one directory; see `stack.process.Service` for the start
 """
 
 import getpass
+import logging
 import os
 import signal
 import socket
 import sys
+import time
 from pathlib import Path
 
 from core.errors import ServiceUnavailable
@@ -26,6 +28,10 @@ from stack.process import (
     stop_all,
     websocket_accepts,
 )
+
+logger = logging.getLogger(__name__)
+
+RESEND_HUP_S = 1.0  # Mosquitto.reload: SIGHUP again when no reload is logged this long after one
 
 __all__ = [
     "LOOPBACK",
@@ -249,10 +255,17 @@ class Mosquitto(Service):
             except (OSError, ValueError) as exc:
                 raise ServiceUnavailable("mosquitto is not running") from exc
         before = self._reload_count()
-        os.kill(pid, signal.SIGHUP)
-        # Mosquitto reloads in its main loop; once it has logged it, later CONNECTs see the new file.
-        if not poll(lambda: self._reload_count() > before, timeout, 0.02):
-            raise ServiceUnavailable(f"mosquitto did not reload in {timeout}s")
+        deadline = time.monotonic() + timeout
+        # Mosquitto reloads in its main loop (within ~0.1 s here); once it has logged it, later CONNECTs
+        # see the new file. The benchmark's provisioning twice saw no reload in 5 s, cause unknown: the
+        # signal is sent again each second, and a failure now shows the end of the log.
+        while True:
+            os.kill(pid, signal.SIGHUP)
+            if poll(lambda: self._reload_count() > before, min(RESEND_HUP_S, deadline - time.monotonic()), 0.02):
+                return
+            if time.monotonic() >= deadline:
+                raise ServiceUnavailable(f"mosquitto (pid {pid}) did not reload in {timeout}s:\n{self.log_tail()}")
+            logger.warning("mosquitto (pid %d) logged no reload %.0f s after SIGHUP; again", pid, RESEND_HUP_S)
 
     def _reload_count(self) -> int:
         try:
