@@ -75,7 +75,7 @@ class LoginLimiter:
         return max(1, math.ceil(pttl_ms / 1000)) if pttl_ms > 0 else self.window_s
 
 
-def get_login_limiter(request: Request) -> LoginLimiter:
+async def get_login_limiter(request: Request) -> LoginLimiter:
     return LoginLimiter(request.app.state.redis, request.app.state.settings)
 
 

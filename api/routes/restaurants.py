@@ -20,7 +20,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def get_restaurant_admin(request: Request) -> RestaurantAdmin:
+async def get_restaurant_admin(request: Request) -> RestaurantAdmin:
     admin: RestaurantAdmin = request.app.state.restaurant_admin
     return admin
 

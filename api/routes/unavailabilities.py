@@ -37,7 +37,7 @@ WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def get_unavailabilities(request: Request) -> UnavailabilityService:
+async def get_unavailabilities(request: Request) -> UnavailabilityService:
     service: UnavailabilityService = request.app.state.unavailabilities
     return service
 
