@@ -256,9 +256,11 @@ class Mosquitto(Service):
                 raise ServiceUnavailable("mosquitto is not running") from exc
         before = self._reload_count()
         deadline = time.monotonic() + timeout
-        # Mosquitto reloads in its main loop (within ~0.1 s here); once it has logged it, later CONNECTs
-        # see the new file. The benchmark's provisioning twice saw no reload in 5 s, cause unknown: the
-        # signal is sent again each second, and a failure now shows the end of the log.
+        # Mosquitto reloads in its main loop (within ~0.1 s here, ~0.5 s with 100,000 users). Its
+        # "Reloading config" line marks that, but 2.0.11 does not always write it: with a 20,000-line
+        # password file, a user added before a SIGHUP was admitted 73 ms later and no line came in 4 s
+        # (the benchmark's provisioning failed so, 2 runs in 4). So the signal is sent again each
+        # second until a line comes; a failure shows the end of the log.
         while True:
             os.kill(pid, signal.SIGHUP)
             if poll(lambda: self._reload_count() > before, min(RESEND_HUP_S, deadline - time.monotonic()), 0.02):
