@@ -60,6 +60,11 @@ class BridgeMetrics:
             "bridge_batch_retries_total", "Batch retries while a backing service was away", registry=r
         )
         self.stale_marked = Counter("bridge_stale_marked_total", "Devices marked stale by the sweep", registry=r)
+        self.redelivered_settles = Counter(
+            "bridge_redelivered_settles_total",
+            "Restaurants settled for a redelivered presence message found applied already (a bridge died between)",
+            registry=r,
+        )
         self.retained_republished = Counter(
             "bridge_retained_republished_total",
             "Committed statuses published again: another writer's newer one may have landed before an older one",

@@ -291,6 +291,14 @@ class Bridge:
                                                 for bad, rid in rejected])  # fmt: skip
             presence = [p for p in presence if p[1] not in unknown]
             beats = [b for b in beats if b[1] not in unknown]
+        # A presence message the broker delivers again was perhaps applied by a bridge that died before it
+        # settled the restaurant (kill -9 between the two): the facts changed, the status did not. If the
+        # device came back before this bridge settles every restaurant, that transition would never be
+        # committed. So such restaurants are settled first, before anything newer of theirs is applied.
+        redelivered = sorted({rid for msg, rid, *_ in presence if msg.dup})
+        if redelivered:
+            self.metrics.redelivered_settles.inc(len(redelivered))
+            await self._settle(redelivered)
         grace = self.settings.will_grace_s
         if grace > 0:
             live_wills = [p for p in presence if p[4] is DeviceState.OFFLINE and p[5] is None and not p[0].retain]

@@ -1,6 +1,7 @@
 """The bridge end to end on real Mosquitto, Redis, RabbitMQ and FerretDB."""
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -554,3 +555,47 @@ async def test_an_older_status_acknowledged_after_the_committed_one_is_followed_
             assert bridge.metrics.registry.get_sample_value("bridge_retained_republished_total") == 1
             await settle_time(0.5)
             assert len(watcher.received) == 3  # the committed one, acknowledged, is not sent again
+
+
+@ONE_BROKER
+async def test_a_stop_applied_by_a_bridge_that_died_before_settling_is_settled_by_the_next(
+    env: dict[str, Any], stack: Any
+) -> None:
+    # Seen in a kill-bridge churn run: the bridge applied a graceful stop and published DEVICE_OFFLINE,
+    # was killed before settling the restaurant, and the device was back before the restarted bridge
+    # settled every restaurant, so the offline stretch never became a STATUS_CHANGED. Mosquitto delivers
+    # the unacknowledged stop again to the bridge's session; the next bridge settles the restaurant
+    # before it applies anything newer of it.
+    settings, tap = env["settings"], env["tap"]
+    rid = f"r-died-{uuid.uuid4().hex[:8]}"
+    device = Device(env["url"], rid, await make_restaurant(settings, stack, rid))
+    instance = uuid.uuid4().hex[:8]  # the same MQTT session for both bridges
+    first = Bridge(settings, instance)
+    task = asyncio.create_task(first.run())
+    try:
+        await wait_until(lambda: first.converged.is_set() or task.done(), 20, message="first bridge never converged")
+        await asyncio.to_thread(device.connect, 1)
+        await tap.wait_for(rid, "STATUS_CHANGED")
+        stuck = asyncio.Event()
+
+        async def dies_before_settling(*_args: Any, **_kwargs: Any) -> None:
+            stuck.set()
+            await asyncio.Event().wait()  # until the task is cancelled: its batch is never acknowledged
+
+        first._settle = dies_before_settling  # type: ignore[method-assign]
+        await asyncio.to_thread(device.graceful)
+        offline = await tap.wait_for(rid, "DEVICE_OFFLINE")
+        await wait_until(stuck.is_set, message="the stop never reached the settle")
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, 30)
+    await asyncio.to_thread(device.connect, 2)  # back while no bridge runs
+    async with running_bridge(settings, instance) as second:
+        changed = await tap.wait_for(rid, "STATUS_CHANGED", 3, timeout=20)
+        assert [(e["data"]["online"], e["data"]["reason"]) for e in changed] == [
+            (True, None), (False, "DISCONNECTED"), (True, None)
+        ]  # fmt: skip
+        assert changed[1]["data"]["since"] == offline[0]["ts"].replace("+00:00", "Z")
+        assert second.metrics.registry.get_sample_value("bridge_redelivered_settles_total") == 1
+    await asyncio.to_thread(device.stop)
