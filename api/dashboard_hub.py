@@ -18,6 +18,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from core.settings import Settings
+from core.task_stop import cancel_and_wait
 from feed.documents import DashboardStatus
 from feed.stream import FeedStream, StreamEntry
 
@@ -82,8 +83,10 @@ class DashboardHub:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            # Cancelled again if it ignores it: `_follow` loops around Redis reads, and on 3.11 a read can
+            # swallow the cancellation (core/task_stop.py). A single cancel and gather once hung a test's
+            # teardown for 120 s (fresh-clone make test, 2026-11-27).
+            await cancel_and_wait([self._task])
         for sub in list(self.subscribers):
             self._replace_queued(sub, CLOSED)
         self.subscribers.clear()

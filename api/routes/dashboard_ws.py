@@ -21,6 +21,7 @@ from api.dashboard_hub import CLOSED, RESET, DashboardHub, MissedTooOld, Subscri
 from api.security import InvalidToken, decode_access_token
 from core.documents import Role
 from core.messages import utc_now
+from core.task_stop import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -64,9 +65,7 @@ class DashboardSession:
         try:
             done, _ = await asyncio.wait({sender, reader, expiry}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (sender, reader, expiry):
-                task.cancel()
-            await asyncio.gather(sender, reader, expiry, return_exceptions=True)
+            await cancel_and_wait([sender, reader, expiry])
             if self.sub is not None:
                 self.hub.unsubscribe(self.sub)
         for task in done:
