@@ -157,7 +157,14 @@ class Platform:
                 lines = app.log_file.read_text(errors="replace").splitlines()
             except OSError:
                 continue
-            bad = [line for line in lines if " ERROR " in line or "Traceback" in line or " CRITICAL " in line]
+            bad = []
+            for i, line in enumerate(lines):
+                if " ERROR " in line or " CRITICAL " in line:
+                    bad.append(line)
+                elif line.startswith("Traceback"):
+                    # The exception itself: the traceback's first line that is not indented.
+                    raised = next((later for later in lines[i + 1 :] if later and not later[0].isspace()), "?")
+                    bad.append(f"{line} ... {raised}")
             if bad:
                 out[name] = bad
         return out

@@ -157,7 +157,8 @@ def _sessions(events: Sequence[dict[str, Any]], window_s: float, will_grace_s: f
     out: dict[str, list[Session]] = {}
     for (rid, did), sessions in per_device.items():
         # A session begun and ended inside one blind stretch never showed (late): the next one starts there too.
-        sessions = [s for s, nxt in zip(sessions, [*sessions[1:], None], strict=True)
+        # Not strict: a device with no session at all has one "next" (None) and nothing to pair it with.
+        sessions = [s for s, nxt in zip(sessions, [*sessions[1:], None], strict=False)
                     if nxt is None or nxt.start_ms > s.start_ms]  # fmt: skip
         for s in sessions:
             revived = {r for r in rebuilds if s.start_ms < r and (s.end_ms is None or r < s.end_ms)}
