@@ -60,9 +60,10 @@ class BridgeMetrics:
             "bridge_batch_retries_total", "Batch retries while a backing service was away", registry=r
         )
         self.stale_marked = Counter("bridge_stale_marked_total", "Devices marked stale by the sweep", registry=r)
-        self.redelivered_settles = Counter(
-            "bridge_redelivered_settles_total",
-            "Restaurants settled for a redelivered presence message found applied already (a bridge died between)",
+        self.unsettled_settles = Counter(
+            "bridge_unsettled_settles_total",
+            "Restaurants settled before a message of theirs was applied: earlier facts were never settled "
+            "(a writer died, or a batch failed, between applying them and settling)",
             registry=r,
         )
         self.retained_republished = Counter(

@@ -51,7 +51,6 @@ class Inbound:
     retain: bool
     mid: int
     received: float  # time.monotonic() when paho parsed it
-    dup: bool = False  # redelivered by the broker: a bridge before this one may have applied it, unsettled
 
 
 class BrokerLink:
@@ -341,8 +340,7 @@ class BrokerLink:
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         if msg.retain:
             self.last_retained_at = time.monotonic()
-        inbound = Inbound(self, msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain), msg.mid, msg.timestamp,
-                          bool(msg.dup))  # fmt: skip
+        inbound = Inbound(self, msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain), msg.mid, msg.timestamp)
         self.inbox.put(inbound, urgent=msg.qos > 0)  # presence and statuses; heartbeats are QoS 0
         if self.inbox.full:
             self._pause()

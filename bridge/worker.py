@@ -32,7 +32,7 @@ from core.horizons import PUBLISH_EVERY_S as HORIZON_EVERY_S
 from core.horizons import Horizons
 from core.ids import parse_device_topic, status_topic, status_topic_restaurant
 from core.messages import DeviceState, Event, EventType, parse_heartbeat, parse_presence
-from core.presence_store import PresenceStore, ScriptResult, from_ms, now_ms
+from core.presence_store import UNSETTLED, PresenceStore, ScriptResult, from_ms, now_ms
 from core.settings import Settings
 from core.shards import shard_of
 from core.state_marker import StateLost, StateMarker
@@ -43,6 +43,9 @@ from core.task_stop import cancel_and_wait
 logger = logging.getLogger(__name__)
 
 PresenceRow = tuple[Inbound, str, str, int, DeviceState, str | None]
+# One turn of applying a batch's items (their indexes; whether to refuse restaurants with unsettled facts):
+# the restaurants it settled, and (index, restaurant, newest unsettled fact in ms) for each item refused.
+Turn = Callable[[list[int], bool], Awaitable[tuple[set[str], list[tuple[int, str, int]]]]]
 
 OUTAGES = (
     redis.exceptions.ConnectionError,
@@ -291,14 +294,6 @@ class Bridge:
                                                 for bad, rid in rejected])  # fmt: skip
             presence = [p for p in presence if p[1] not in unknown]
             beats = [b for b in beats if b[1] not in unknown]
-        # A presence message the broker delivers again was perhaps applied by a bridge that died before it
-        # settled the restaurant (kill -9 between the two): the facts changed, the status did not. If the
-        # device came back before this bridge settles every restaurant, that transition would never be
-        # committed. So such restaurants are settled first, before anything newer of theirs is applied.
-        redelivered = sorted({rid for msg, rid, *_ in presence if msg.dup})
-        if redelivered:
-            self.metrics.redelivered_settles.inc(len(redelivered))
-            await self._settle(redelivered)
         grace = self.settings.will_grace_s
         if grace > 0:
             live_wills = [p for p in presence if p[4] is DeviceState.OFFLINE and p[5] is None and not p[0].retain]
@@ -344,7 +339,7 @@ class Bridge:
         self.metrics.messages.labels("presence").inc(len(items))
         now = now_ms()
         stamps = [min(now, _wall_ms(row[0].received) + int(held_s * 1000)) for row in items]
-        rows = []
+        rows: list[tuple[str, str, int, DeviceState, Event]] = []
         for (_msg, rid, did, epoch, state, cause), at in zip(items, stamps, strict=True):
             if state is DeviceState.ONLINE:
                 event = Event(type=EventType.DEVICE_ONLINE, restaurant_id=rid, device_id=did, ts=from_ms(at),
@@ -353,25 +348,66 @@ class Bridge:
                 event = Event(type=EventType.DEVICE_OFFLINE, restaurant_id=rid, device_id=did, ts=from_ms(at),
                               data={"epoch": epoch, "cause": cause or "will"})
             rows.append((rid, did, epoch, state, event))
-        results = await self.store.apply_presence(rows, stamps=stamps)
-        self.metrics.ignored.labels("presence").inc(sum(1 for r in results if r.code == 0))
-        # Each restaurant as of its own newest message: a batch of the final stop spans seconds of receipt.
-        each: dict[str, int] = {}
-        for row, at in zip(rows, stamps, strict=True):
-            each[row[0]] = max(at, each.get(row[0], at))
-        applied = [(row[0], res) for row, res in zip(rows, results, strict=True)]
-        await self._after_transitions(applied, max(stamps), each)
+
+        async def turn(todo: list[int], settled_first: bool) -> tuple[set[str], list[tuple[int, str, int]]]:
+            results = await self.store.apply_presence(
+                [rows[i] for i in todo], stamps=[stamps[i] for i in todo], settled_first=settled_first
+            )
+            self.metrics.ignored.labels("presence").inc(sum(1 for r in results if r.code == 0))
+            done = [i for i, res in zip(todo, results, strict=True) if res.code != UNSETTLED]
+            if done:
+                # Each restaurant as of its own newest message: a batch of the final stop spans seconds of receipt.
+                each: dict[str, int] = {}
+                for i in done:
+                    each[rows[i][0]] = max(stamps[i], each.get(rows[i][0], stamps[i]))
+                applied = [(rows[i][0], res) for i, res in zip(todo, results, strict=True) if res.code != UNSETTLED]
+                await self._after_transitions(applied, max(stamps[i] for i in done), each)
+            return _split(todo, [rows[i][0] for i in todo], results)
+
+        await self._in_turns(len(rows), turn)
 
     async def _apply_heartbeats(self, items: Sequence[tuple[Inbound, str, str, int]]) -> None:
         self.metrics.messages.labels("heartbeat").inc(len(items))
         # One instant for the batch: its newest message's arrival, so no beat counts from before it came.
         at = _wall_ms(max(row[0].received for row in items))
-        outcome = await self.store.heartbeats(
-            [(rid, did, epoch) for _msg, rid, did, epoch in items], at_ms=at,
-            window_ms=int(self.settings.stale_after_s * 1000),
-        )  # fmt: skip
-        self.metrics.ignored.labels("heartbeat").inc(outcome.ignored)
-        await self._after_transitions(outcome.transitions, at)
+
+        async def turn(todo: list[int], settled_first: bool) -> tuple[set[str], list[tuple[int, str, int]]]:
+            outcome = await self.store.heartbeats(
+                [items[i][1:] for i in todo], at_ms=at, window_ms=int(self.settings.stale_after_s * 1000),
+                settled_first=settled_first,
+            )  # fmt: skip
+            self.metrics.ignored.labels("heartbeat").inc(outcome.ignored)
+            await self._after_transitions(outcome.transitions, at)
+            refused = [(todo[j], items[todo[j]][1], ms) for j, ms in outcome.unsettled.items()]
+            return {rid for rid, _ in outcome.transitions}, refused
+
+        await self._in_turns(len(items), turn)
+
+    async def _in_turns(self, count: int, turn: Turn) -> None:
+        """Apply a batch's `count` items; those of restaurants with unsettled facts after their settle.
+
+        A writer that dies between applying a device's fact and settling its restaurant (kill -9, or a batch
+        that failed there and is retried: its facts then read as already applied) leaves the facts changed
+        and the status not. If the device came back before anybody settled the restaurant, the stretch that
+        fact began was never committed, and never reached the history (a kill-bridge churn run: one
+        restaurant's ranking 4.3 s short). So the scripts refuse any message of a restaurant whose facts
+        are unsettled (field `u`, core/lua/apply_presence.lua): it is settled as of its newest unsettled
+        fact, then the refused items are applied, without the check this time (a restaurant that cannot be
+        settled must not hold its messages back). Items of a restaurant that the first turn settled itself
+        (two facts of one restaurant in one batch) are applied after that settle, and cost one more turn.
+        While statuses wait for a reconciliation (`_defer_settles`) nothing is refused.
+        """
+        todo, check = list(range(count)), True
+        while todo:
+            settled, refused = await turn(todo, check and not self._defer_settles)
+            unsettled: dict[str, int] = {}
+            for _i, rid, ms in refused:
+                if rid not in settled:
+                    unsettled[rid] = max(ms, unsettled.get(rid, ms))
+            if unsettled:
+                self.metrics.unsettled_settles.inc(len(unsettled))
+                await self._settle(sorted(unsettled), each_ms=unsettled)
+            todo, check = [i for i, _rid, _ms in refused], False
 
     async def _after_transitions(
         self, results: Sequence[tuple[str, ScriptResult]], as_of_ms: int, each_ms: dict[str, int] | None = None
@@ -537,11 +573,16 @@ class Bridge:
                                         data={"cause": "stale", "last_seen": from_ms(score).isoformat()}))
                 for rid, did, score in candidates
             ]
-            results = await self.store.mark_stale(rows, cutoff)
-            self.metrics.stale_marked.inc(sum(1 for r in results if r.code == 2))
-            # As of the horizon the silence was judged up to, not later (see `_settle`).
-            await self._after_transitions([(row[0], res) for row, res in zip(rows, results, strict=True)],
-                                          cutoff + window_ms)  # fmt: skip
+
+            async def turn(todo: list[int], settled_first: bool) -> tuple[set[str], list[tuple[int, str, int]]]:
+                results = await self.store.mark_stale([rows[i] for i in todo], cutoff, settled_first)
+                self.metrics.stale_marked.inc(sum(1 for r in results if r.code == 2))
+                # As of the horizon the silence was judged up to, not later (see `_settle`).
+                await self._after_transitions([(rows[i][0], res) for i, res in zip(todo, results, strict=True)
+                                               if res.code != UNSETTLED], cutoff + window_ms)  # fmt: skip
+                return _split(todo, [rows[i][0] for i in todo], results)
+
+            await self._in_turns(len(rows), turn)
 
     async def _convergence_loop(self) -> None:
         """Say when every shard's retained presence has been read; read it again if Redis loses it."""
@@ -612,6 +653,16 @@ class Bridge:
                     self._retained_after_start.append((snap.restaurant_id, snap.pending_status))
         if recovered:
             logger.info("republished %d events left in the outbox by an earlier bridge", recovered)
+
+
+def _split(
+    todo: list[int], restaurant_ids: list[str], results: list[ScriptResult]
+) -> tuple[set[str], list[tuple[int, str, int]]]:
+    """A turn's restaurants with a device transition (settled by it), and its items refused as UNSETTLED."""
+    settled = {rid for rid, res in zip(restaurant_ids, results, strict=True) if res.code == 2}
+    refused = [(i, rid, res.version) for i, rid, res in zip(todo, restaurant_ids, results, strict=True)
+               if res.code == UNSETTLED]  # fmt: skip
+    return settled, refused
 
 
 def _wall_ms(monotonic_s: float) -> int:

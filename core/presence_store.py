@@ -96,8 +96,14 @@ class RestaurantSnapshot:
         return snap
 
 
+UNSETTLED = 3  # a script's code: the restaurant has facts no commit has settled yet; nothing was done
+
+
 @dataclass(frozen=True, slots=True)
 class ScriptResult:
+    """code 0 ignored, 1 stored, 2 device transition (its event in `outbox_field`), or UNSETTLED: then
+    `version` is the instant (ms) of the newest unsettled fact, as of which to settle the restaurant."""
+
     code: int
     version: int
     outbox_field: str | None = None
@@ -108,6 +114,7 @@ class ScriptResult:
 class HeartbeatOutcome:
     ignored: int
     transitions: list[tuple[str, ScriptResult]]
+    unsettled: dict[int, int] = field(default_factory=dict)  # index in the batch: newest unsettled fact, ms
 
 
 def load_script(redis: Redis, name: str) -> AsyncScript:
@@ -185,11 +192,13 @@ class PresenceStore:
         events: Iterable[tuple[str, str, int, DeviceState, Event]],
         at_ms: int | None = None,
         stamps: Sequence[int] | None = None,
+        settled_first: bool = False,
     ) -> list[ScriptResult]:
         """Apply (rid, did, epoch, state, transition event) tuples in one pipeline.
 
         Each is stamped `at_ms` (default now), or with `stamps` each its own instant (the bridge's
-        receipt of each message).
+        receipt of each message). With `settled_first`, a restaurant whose earlier facts no commit has
+        settled yet gets UNSETTLED and nothing else (apply_presence.lua).
         """
         items = list(events)
         at = at_ms or now_ms()
@@ -199,19 +208,25 @@ class PresenceStore:
             for (rid, did, epoch, state, event), name, when in zip(items, fields, times, strict=True):
                 await self._apply(
                     keys=[self.key(rid), self.heartbeat_index],
-                    args=[did, epoch, state.value, when, name, event.model_dump_json(), f"{rid}/{did}"],
+                    args=[did, epoch, state.value, when, name, event.model_dump_json(), f"{rid}/{did}",
+                          int(settled_first)],
                     client=pipe,
                 )
             raw = await pipe.execute()
         return self._results(raw, items, fields, lambda item: item[4])
 
     async def heartbeats(
-        self, beats: Sequence[tuple[str, str, int]], at_ms: int | None = None, window_ms: int = 0
+        self,
+        beats: Sequence[tuple[str, str, int]],
+        at_ms: int | None = None,
+        window_ms: int = 0,
+        settled_first: bool = False,
     ) -> HeartbeatOutcome:
         """Refresh last_seen of (rid, did, epoch) heartbeats in one script call.
 
         With `window_ms`, a heartbeat after a silence longer than the window is a transition even when
-        the sweep has not flagged the device stale yet (see heartbeat_batch.lua).
+        the sweep has not flagged the device stale yet (see heartbeat_batch.lua). With `settled_first`,
+        the heartbeats of restaurants with unsettled facts are left undone (`HeartbeatOutcome.unsettled`).
 
         Heartbeats are the bulk of the traffic (3.3k/s for 100k devices, more in bursts), so they go
         as one multi-key call rather than one script per heartbeat: that is what lets one bridge
@@ -221,17 +236,23 @@ class PresenceStore:
             return HeartbeatOutcome(0, [])
         at = at_ms or now_ms()
         base = str(uuid.uuid4())[:-4]
-        args: list[str | int] = [at, from_ms(at).isoformat(), base, len(self.prefix), window_ms, next_field_sequence()]
+        args: list[str | int] = [at, from_ms(at).isoformat(), base, len(self.prefix), window_ms, next_field_sequence(),
+                                 int(settled_first)]  # fmt: skip
         for _rid, did, epoch in beats:
             args += [did, epoch]
         reply = await self._heartbeat_batch(
             keys=[self.heartbeat_index, *(self.key(rid) for rid, _, _ in beats)], args=args
         )
         transitions = []
+        unsettled: dict[int, int] = {}
         for i in range(1, len(reply), 3):
+            index = int(reply[i])
+            if index < 0:
+                unsettled[-index - 1] = int(reply[i + 1])
+                continue
             event = Event.model_validate_json(reply[i + 2])
-            transitions.append((beats[int(reply[i]) - 1][0], ScriptResult(2, 0, str(reply[i + 1]), event)))
-        return HeartbeatOutcome(int(reply[0]), transitions)
+            transitions.append((beats[index - 1][0], ScriptResult(2, 0, str(reply[i + 1]), event)))
+        return HeartbeatOutcome(int(reply[0]), transitions, unsettled)
 
     async def stale_candidates(self, cutoff_ms: int, limit: int = 5000) -> list[tuple[str, str, int]]:
         rows = await self.redis.zrangebyscore(
@@ -245,14 +266,17 @@ class PresenceStore:
         return out
 
     async def mark_stale(
-        self, candidates: Sequence[tuple[str, str, int, Event]], cutoff_ms: int
+        self, candidates: Sequence[tuple[str, str, int, Event]], cutoff_ms: int, settled_first: bool = False
     ) -> list[ScriptResult]:
+        """Flag stale the (rid, did, index score, event) devices still unheard at `cutoff_ms`; each leaves the
+        index whatever the verdict. `settled_first`: see `apply_presence` (UNSETTLED: not flagged)."""
         at = str(now_ms())
         fields = [outbox_field() for _ in candidates]
         async with self.redis.pipeline(transaction=False) as pipe:
             for (rid, did, score, event), name in zip(candidates, fields, strict=True):
                 await self._stale(
-                    keys=[self.key(rid)], args=[did, cutoff_ms, at, name, event.model_dump_json()], client=pipe
+                    keys=[self.key(rid)], args=[did, cutoff_ms, at, name, event.model_dump_json(), int(settled_first)],
+                    client=pipe,
                 )
                 # Leave the index whatever the verdict; a later heartbeat puts the device back.
                 await self._sweep_remove(keys=[self.heartbeat_index], args=[f"{rid}/{did}", score], client=pipe)

@@ -8,7 +8,7 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import aio_pika
 import httpx
 import pytest
+import redis.exceptions
 from redis.asyncio import Redis
 
 from bridge.mqtt_link import Inbound
@@ -557,15 +558,14 @@ async def test_an_older_status_acknowledged_after_the_committed_one_is_followed_
             assert len(watcher.received) == 3  # the committed one, acknowledged, is not sent again
 
 
-@ONE_BROKER
 async def test_a_stop_applied_by_a_bridge_that_died_before_settling_is_settled_by_the_next(
     env: dict[str, Any], stack: Any
 ) -> None:
     # Seen in a kill-bridge churn run: the bridge applied a graceful stop and published DEVICE_OFFLINE,
     # was killed before settling the restaurant, and the device was back before the restarted bridge
-    # settled every restaurant, so the offline stretch never became a STATUS_CHANGED. Mosquitto delivers
-    # the unacknowledged stop again to the bridge's session; the next bridge settles the restaurant
-    # before it applies anything newer of it.
+    # settled every restaurant, so the offline stretch never became a STATUS_CHANGED. The stop left the
+    # restaurant's facts unsettled in Redis; the next bridge settles it before it applies anything newer
+    # of it: Mosquitto's redelivered stop, or the birth (amqtt's clean session redelivers nothing).
     settings, tap = env["settings"], env["tap"]
     rid = f"r-died-{uuid.uuid4().hex[:8]}"
     device = Device(env["url"], rid, await make_restaurant(settings, stack, rid))
@@ -597,5 +597,39 @@ async def test_a_stop_applied_by_a_bridge_that_died_before_settling_is_settled_b
             (True, None), (False, "DISCONNECTED"), (True, None)
         ]  # fmt: skip
         assert changed[1]["data"]["since"] == offline[0]["ts"].replace("+00:00", "Z")
-        assert second.metrics.registry.get_sample_value("bridge_redelivered_settles_total") == 1
+        assert second.metrics.registry.get_sample_value("bridge_unsettled_settles_total") == 1
     await asyncio.to_thread(device.stop)
+
+
+@ONE_BROKER
+async def test_a_batch_retried_after_its_facts_were_applied_still_settles_them(env: dict[str, Any], stack: Any) -> None:
+    # Redis went away between a batch's facts and its settle: the batch is retried, and its facts now
+    # read as already applied (no device transition), so nothing used to settle the restaurant. The
+    # stop stayed out of the status and the history until some later change of the restaurant.
+    settings, tap, service = env["settings"], env["tap"], env["service"]
+    rid = f"r-retried-{uuid.uuid4().hex[:8]}"
+    device = Device(env["url"], rid, await make_restaurant(settings, stack, rid))
+    async with running_bridge(settings) as bridge:
+        await asyncio.to_thread(device.connect, 1)
+        await tap.wait_for(rid, "STATUS_CHANGED")
+        settle = bridge._settle
+        calls: list[Sequence[str]] = []
+
+        async def redis_away_once(restaurant_ids: Sequence[str], *args: Any, **kwargs: Any) -> None:
+            calls.append(restaurant_ids)
+            if len(calls) == 1:
+                raise redis.exceptions.ConnectionError("Redis went away (injected)")
+            await settle(restaurant_ids, *args, **kwargs)
+
+        bridge._settle = redis_away_once  # type: ignore[method-assign]
+        await asyncio.to_thread(device.graceful)
+        offline = await tap.wait_for(rid, "DEVICE_OFFLINE")
+        changed = await tap.wait_for(rid, "STATUS_CHANGED", 2, timeout=10)
+        assert (changed[1]["data"]["online"], changed[1]["data"]["reason"]) == (False, "DISCONNECTED")
+        assert changed[1]["data"]["since"] == offline[0]["ts"].replace("+00:00", "Z")
+        assert [list(c) for c in calls[:2]] == [[rid], [rid]]
+        assert bridge.metrics.registry.get_sample_value("bridge_unsettled_settles_total") == 1
+        assert bridge.metrics.registry.get_sample_value("bridge_batch_retries_total") == 1
+        assert not (await status_of(service, rid)()).online
+        await settle_time(0.5)
+        assert len(tap.of(rid, "DEVICE_OFFLINE")) == 1  # the retried batch published its event once

@@ -14,7 +14,7 @@ from bridge.inbox import Inbox
 from bridge.mqtt_link import BrokerLink
 from core.history_store import to_ms
 from core.messages import DeviceState, Event, EventType
-from core.presence_store import STATUS_OUTBOX, PresenceStore, from_ms
+from core.presence_store import STATUS_OUTBOX, UNSETTLED, PresenceStore, from_ms
 from core.settings import Settings
 from core.state_marker import StateMarker
 from core.status import DerivedStatus, OfflineReason
@@ -189,6 +189,53 @@ async def test_a_settle_as_of_an_instant_before_the_facts_redis_holds_is_taken_a
     batch = await service.settle_batch([rid], stopped - timedelta(seconds=10))  # a writer behind the facts
     status = batch.settled[rid].status
     assert (status.reason, status.since) == (OfflineReason.DISCONNECTED, stopped)
+
+
+async def test_a_restaurant_with_unsettled_facts_refuses_every_kind_of_fact_until_its_status_is_committed(
+    store: PresenceStore,
+) -> None:
+    # A writer that dies between applying a device transition and settling its restaurant leaves `u`.
+    # With `settled_first` the next birth, will, heartbeat or stale flag of that restaurant is refused
+    # (UNSETTLED, with the instant of the newest unsettled fact), and nothing of it is written; a commit
+    # of the restaurant's status lifts that. Without the check, facts apply as before and `u` keeps the
+    # newest instant.
+    rid, other = "r-unsettled", "r-settled"
+    await store.set_profiles({r: profile_json("A", "UTC", ALWAYS_OPEN) for r in (rid, other)})
+    t = 1_800_000_000_000
+
+    def event(kind: EventType, did: str, at: int) -> Event:
+        return Event(type=kind, restaurant_id=rid, device_id=did, ts=from_ms(at))
+
+    [born] = await store.apply_presence([(rid, "a", 1, DeviceState.ONLINE, event(EventType.DEVICE_ONLINE, "a", t))],
+                                        at_ms=t, settled_first=True)  # fmt: skip
+    assert born.code == 2
+    [refused] = await store.apply_presence(
+        [(rid, "b", 1, DeviceState.ONLINE, event(EventType.DEVICE_ONLINE, "b", t + 5))], at_ms=t + 5, settled_first=True
+    )
+    assert (refused.code, refused.version) == (UNSETTLED, t)
+    before = await store.redis.hgetall(store.key(rid))
+    assert "d:b" not in before and "l:b" not in before
+    beats = await store.heartbeats([(other, "a", 1), (rid, "a", 1)], at_ms=t + 6, settled_first=True)
+    assert beats.unsettled == {1: t}
+    assert await store.redis.hget(store.key(rid), "l:a") == str(t)  # the refused heartbeat wrote nothing
+    assert [r for r, _ in beats.transitions] == [other]  # the other restaurant's went on
+    stale = event(EventType.DEVICE_OFFLINE, "a", t + 7)
+    [flag] = await store.mark_stale([(rid, "a", t, stale)], t + 1, settled_first=True)
+    assert (flag.code, flag.version) == (UNSETTLED, t)
+    assert str(await store.redis.hget(store.key(rid), "d:a")).endswith("|0")  # not flagged
+
+    # Unchecked, a second transition moves `u` on to the newer instant.
+    [late] = await store.apply_presence([(rid, "b", 1, DeviceState.ONLINE, event(EventType.DEVICE_ONLINE, "b", t + 9))],
+                                        at_ms=t + 9)  # fmt: skip
+    assert late.code == 2 and await store.redis.hget(store.key(rid), "u") == str(t + 9)
+
+    service = StatusService(store, timedelta(seconds=120))
+    settled = await service.settle_batch([rid], from_ms(t + 9))
+    assert settled.settled[rid].status.online
+    assert await store.redis.hget(store.key(rid), "u") is None
+    [flag] = await store.mark_stale([(rid, "a", t, stale)], t + 1, settled_first=True)
+    assert flag.code == 2  # taken now, and unsettled again until the next commit
+    assert await store.redis.hget(store.key(rid), "u") is not None
 
 
 async def test_a_link_keeps_trying_while_its_broker_refuses(settings: Settings) -> None:

@@ -33,6 +33,8 @@ local function store_view(at_version)
     redis.call("HSET", key, "wv", at_version, "w", ARGV[7], "wj", ARGV[8])
   end
 end
+-- Every fact up to this version is settled now (`u`, see apply_presence.lua).
+redis.call("HDEL", key, "u")
 if redis.call("HGET", key, "sc") == ARGV[2] then
   store_view(version)
   return 0

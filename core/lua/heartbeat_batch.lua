@@ -2,8 +2,9 @@
 -- KEYS[1] heartbeat index (sorted set); KEYS[2..n+1] restaurant hashes, one per heartbeat.
 -- ARGV[1] now_ms, ARGV[2] now ISO-8601, ARGV[3] event id base (a UUID without its last 4 hex digits),
 -- ARGV[4] key prefix length, ARGV[5] the presence window in ms (0: not checked), ARGV[6] the caller's
--- outbox sequence number (12 digits: orders fields within a millisecond); then per heartbeat i:
--- ARGV[5+2i] device_id, ARGV[6+2i] epoch.
+-- outbox sequence number (12 digits: orders fields within a millisecond), ARGV[7] "1" to refuse the
+-- heartbeats of restaurants with unsettled facts (`u`, see apply_presence.lua); then per heartbeat i:
+-- ARGV[6+2i] device_id, ARGV[7+2i] epoch.
 -- Per heartbeat the (epoch, state) rule of DESIGN.md §3: an older or ended epoch is ignored; the live
 -- epoch refreshes last_seen; a newer epoch (birth still in flight, or Redis lost) counts as online.
 -- A device counts as connected again (a transition) when it was flagged stale, and also when its last
@@ -11,11 +12,14 @@
 -- disconnected meanwhile (a bridge restarted after the window passed, or any settle in that gap), and
 -- without the transition nothing would settle it back to online.
 -- A heartbeat that makes a device connected again writes DEVICE_ONLINE to that restaurant's outbox in
--- the same atomic step. All keys of one call must share a cluster slot (on a standalone Redis: any).
--- Returns {ignored_count, i1, field1, event1, i2, ...} for the transitions.
+-- the same atomic step, and sets `u`. All keys of one call must share a cluster slot (on a standalone
+-- Redis: any).
+-- Returns {ignored_count, i1, field1, event1, i2, ...} for the transitions, and {-i, u, ""} for each
+-- heartbeat refused (nothing done) because its restaurant must be settled first.
 local now, now_iso, id_base, prefix_len = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local now_ms, window = tonumber(ARGV[1]), tonumber(ARGV[5])
 local index = KEYS[1]
+local check = ARGV[7] == "1"
 local out = {0}
 
 local function heard_within_window(key, did)
@@ -26,11 +30,17 @@ end
 
 for i = 1, #KEYS - 1 do
   local key = KEYS[i + 1]
-  local did, epoch_s = ARGV[5 + 2 * i], ARGV[6 + 2 * i]
+  local did, epoch_s = ARGV[6 + 2 * i], ARGV[7 + 2 * i]
   local epoch = tonumber(epoch_s)
+  local unsettled = check and redis.call("HGET", key, "u")
   local current = redis.call("HGET", key, "d:" .. did)
   local accept, transition = true, false
-  if current then
+  if unsettled then
+    accept = false
+    table.insert(out, -i)
+    table.insert(out, unsettled)
+    table.insert(out, "")
+  elseif current then
     local c_epoch, c_state, _, c_stale = string.match(current, "^(%d+)|(%a+)|(%d+)|(%d)$")
     c_epoch = tonumber(c_epoch)
     if epoch < c_epoch or (epoch == c_epoch and c_state == "offline") then
@@ -57,12 +67,13 @@ for i = 1, #KEYS - 1 do
       local event = '{"event_id":"' .. event_id .. '","type":"DEVICE_ONLINE","restaurant_id":"' .. rid ..
         '","device_id":"' .. did .. '","ts":"' .. now_iso .. '","data":{"epoch":' .. epoch_s ..
         ',"cause":"heartbeat"}}'
-      redis.call("HSET", key, field, event)
+      local prior = tonumber(redis.call("HGET", key, "u") or "0")
+      redis.call("HSET", key, field, event, "u", math.max(prior, now_ms))
       table.insert(out, i)
       table.insert(out, field)
       table.insert(out, event)
     end
-  else
+  elseif not unsettled then
     out[1] = out[1] + 1
   end
 end
