@@ -257,6 +257,8 @@ class ChurnRun:
         self.started = 0.0  # wall clock
         self.token = ""
         self.feed_lost = False
+        self.days_offline_s: dict[str, dict[str, float]] = {}  # rid → local day → consolidated offline s
+        self.ongoing_since: dict[str, datetime] = {}  # rid → its open DISCONNECTED stretch (history_ongoing)
         self.settled_at = float("inf")  # wall clock: transitions later than this are not looked for
 
     @property
@@ -456,13 +458,21 @@ class ChurnRun:
         return {row["restaurant_id"]: float(row["offline_seconds"]) for row in response.json()["rows"]}, t0, t1
 
     async def _history(self) -> dict[str, dict[int, list[Any]]]:
-        """Every point of the aggregator's history: rid → {ms: [online, reason, detail, ts]}."""
+        """Every point of the aggregator's history: rid → {ms: [online, reason, detail, ts]}.
+
+        Also kept for `_explain_ranking`: what the ranking adds up, each day's consolidated offline time
+        (`days_offline_s`) and the open DISCONNECTED stretch (`ongoing_since`).
+        """
         client: AsyncMongoClient[Any] = AsyncMongoClient(self.settings.mongo_url)
         out: dict[str, dict[int, list[Any]]] = {}
         try:
-            async for doc in client[self.settings.mongo_db]["history_days"].find({}):
-                rid = str(doc["_id"]).rsplit("|", 1)[0]
+            db = client[self.settings.mongo_db]
+            async for doc in db["history_days"].find({}):
+                rid, day = str(doc["_id"]).rsplit("|", 1)
                 out.setdefault(rid, {}).update({int(ms): value for ms, value in doc.get("points", {}).items()})
+                self.days_offline_s.setdefault(rid, {})[day] = doc.get("offline_ms", 0) / 1000
+            async for doc in db["history_ongoing"].find({}):
+                self.ongoing_since[str(doc["_id"])] = doc["since"].replace(tzinfo=UTC)
         finally:
             await client.close()
         return out
@@ -570,6 +580,9 @@ class ChurnRun:
             }  # fmt: skip
             off["history"] = [(rel(ms / 1000), core_text({"online": v[0], "reason": v[1], "detail": v[2]}))
                               for ms, v in sorted(history.get(rid, {}).items())]  # fmt: skip
+            # What the ranking added up: a sum that disagrees with the points above is the aggregator's.
+            off["days_offline_s"] = self.days_offline_s.get(rid, {})
+            off["ongoing_since"] = rel(self.ongoing_since.get(rid))
             off["heard"] = [(rel(_point_at(e)), rel(datetime.fromisoformat(e["ts"])), rel(e["_heard_ms"] / 1000),
                              e["type"], e.get("device_id"), core_text(e["data"]) if "online" in e["data"] else
                              e["data"].get("cause"))
