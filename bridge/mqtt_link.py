@@ -108,6 +108,7 @@ class BrokerLink:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_lean_message = self._take
         client.on_subscribe = self._on_subscribe
         client.on_socket_open = self._on_socket_open
         client.on_socket_close = self._on_socket_close
@@ -338,10 +339,13 @@ class BrokerLink:
             self._retry(f"connection lost ({reason})")
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        if msg.retain:
+        self._take(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain), msg.mid, msg.timestamp)
+
+    def _take(self, topic: str, payload: bytes, qos: int, retain: bool, mid: int, received: float) -> None:
+        """Every PUBLISH: from `LeanClient.on_lean_message`, or paho's `on_message` for the rest."""
+        if retain:
             self.last_retained_at = time.monotonic()
-        inbound = Inbound(self, msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain), msg.mid, msg.timestamp)
-        self.inbox.put(inbound, urgent=msg.qos > 0)  # presence and statuses; heartbeats are QoS 0
+        self.inbox.put(Inbound(self, topic, payload, qos, retain, mid, received), urgent=qos > 0)  # not heartbeats
         if self.inbox.full:
             self._pause()
 

@@ -114,6 +114,41 @@ def test_publish_packets_reach_on_message_as_paho_gives_them(batch: list[Any], d
         assert got[6] == (None if expiry is None else expiry)
 
 
+@settings(max_examples=150, deadline=None)
+@given(messages, st.data())
+def test_on_lean_message_gets_what_paho_gives_on_message_and_the_rest_still_goes_there(
+    batch: list[Any], data: st.DataObject
+) -> None:
+    stream = b"".join(publish_packet(*m) for m in batch)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=6)))
+    pieces = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+    plain, _ = feed(mqtt.Client, pieces)
+    with receiving(LeanClient) as (client, sender, seen):
+        lean: list[tuple[str, int]] = []  # (route, index in `seen`)
+
+        def on_lean(topic: str, payload: bytes, qos: int, retain: bool, mid: int, received: float) -> None:
+            assert received > 0
+            lean.append(("lean", len(seen)))
+            seen.append((topic.encode(), payload, qos, retain, False, mid, None))
+
+        client.on_lean_message = on_lean  # type: ignore[attr-defined]
+        for piece in pieces:
+            sender.sendall(piece)
+            read_all(client)
+    assert [m[:4] + m[5:6] for m in seen] == [m[:4] + m[5:6] for m in plain]
+    for i, (topic, *_rest) in enumerate(batch):
+        plain_way = batch[i][5] is not None or not _utf8(topic)  # properties, or a topic that is not UTF-8
+        assert (("lean", i) in lean) is not plain_way
+
+
+def _utf8(raw: bytes) -> bool:
+    try:
+        raw.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def test_mqtt_311_packets_go_through_paho_unchanged() -> None:
     stream = b"".join(publish_packet(b"a/b", b"x" * n, n % 2, bool(n % 3), n + 1, None, mqtt5=False) for n in range(50))
     lean, _ = feed(LeanClient, [stream], mqtt5=False)
