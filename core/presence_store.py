@@ -236,10 +236,9 @@ class PresenceStore:
             return HeartbeatOutcome(0, [])
         at = at_ms or now_ms()
         base = str(uuid.uuid4())[:-4]
+        each = "\n".join([f"{did} {epoch}" for _rid, did, epoch in beats])
         args: list[str | int] = [at, from_ms(at).isoformat(), base, len(self.prefix), window_ms, next_field_sequence(),
-                                 int(settled_first)]  # fmt: skip
-        for _rid, did, epoch in beats:
-            args += [did, epoch]
+                                 int(settled_first), each]  # fmt: skip
         reply = await self._heartbeat_batch(
             keys=[self.heartbeat_index, *(self.key(rid) for rid, _, _ in beats)], args=args
         )
