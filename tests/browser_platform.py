@@ -8,6 +8,7 @@ import json
 import os
 import socket
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
@@ -51,11 +52,17 @@ class Worker(Protocol):
 
 
 @asynccontextmanager
-async def running(worker: Worker, ready: Callable[[], bool], name: str) -> AsyncIterator[None]:
-    """`worker.run()` as a task until the block ends; fails early if it dies before it is ready."""
+async def running(
+    worker: Worker, ready: Callable[[], bool], name: str, state: Callable[[], str] = lambda: ""
+) -> AsyncIterator[None]:
+    """`worker.run()` as a task until the block ends; fails early if it dies before it is ready.
+    `state` says where a worker that never became ready stood."""
     task = asyncio.create_task(worker.run(), name=name)
     try:
-        await wait_until(lambda: ready() or task.done(), 30, message=f"{name} never became ready")
+        try:
+            await wait_until(lambda: ready() or task.done(), 30)
+        except AssertionError:
+            raise AssertionError(f"{name} never became ready in 30 s {state()}") from None
         if task.done():
             task.result()
         yield
@@ -128,7 +135,16 @@ async def platform_workers(settings: Settings) -> AsyncIterator[None]:
 
     async with AsyncExitStack() as stack:
         bridge = Bridge(settings, uuid.uuid4().hex[:8])
-        await stack.enter_async_context(running(bridge, bridge.converged.is_set, "bridge"))
+
+        def where() -> str:
+            """Seen once (fresh clone, 2026-11-27): a bridge that had not converged after 30 s."""
+            now = time.monotonic()
+            links = [{"url": link.url, "connected": link.connected, "reconciling": link.reconciling,
+                      "subscribed": link.reconcile_subscribed_at is not None,
+                      "last_retained_s_ago": round(now - link.last_retained_at, 1)} for link in bridge.links]
+            return f"links {links}, inbox {len(bridge.inbox)}"  # fmt: skip
+
+        await stack.enter_async_context(running(bridge, bridge.converged.is_set, "bridge", where))
         if have_module("feed.consumer"):
             from feed.consumer import FeedConsumer
 
