@@ -16,6 +16,11 @@ handing the packet to `on_message` as an `MQTTMessage`, whose construction build
 for its `MQTTMessageInfo`, then matching the topic against the filtered callbacks. With `on_lean_message`
 set, such a packet (whose topic is valid UTF-8) goes to it as plain values instead: ~1 µs.
 
+Then half of what was left was paho's reading machinery per packet (`_packet_read`: three small reads,
+its state dict, `_packet_handle`). `read_packets` takes such PUBLISH packets that are already whole in
+the chunk straight from it (`_take_whole`), and leaves everything else, a packet cut by the chunk's end
+included, to `_packet_read`.
+
 All ride on private methods (`_sock_recv`, `_handle_publish`, `_in_packet`), which is why paho is
 pinned below 2.3 in pyproject.toml. tests/test_lean_client.py checks the decoding against paho's.
 """
@@ -53,6 +58,74 @@ class LeanClient(mqtt.Client):
         start = self._rpos
         self._rpos = end = min(start + bufsize, len(self._rbuf))
         return self._rbuf[start:end]
+
+    def read_packets(self, limit: int) -> MQTTErrorCode:
+        """Read up to `limit` packets: `loop_read`'s work for one readable socket, without its count of one.
+
+        Returns MQTT_ERR_AGAIN once the socket is empty, MQTT_ERR_SUCCESS with `limit` read (more may
+        wait in the chunk: `buffered()`), or the error `_packet_read` met.
+        """
+        left = limit
+        while left > 0:
+            if self._sock is None:
+                return MQTTErrorCode.MQTT_ERR_AGAIN  # closed by a callback: nothing more to read
+            left -= self._take_whole(left)
+            if left <= 0:
+                break
+            rc = self._packet_read()
+            left -= 1
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                return rc
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _take_whole(self, limit: int) -> int:
+        """Hand the PUBLISH packets already whole in the chunk to `on_lean_message`; how many it took.
+
+        Only between two packets (paho has none half-read), and only what `_handle_publish` would hand
+        over itself: MQTT 5, QoS 0 or 1, a non-empty UTF-8 topic, no properties. It stops at anything
+        else, which `_packet_read` then reads from the same place.
+        """
+        lean = self.on_lean_message
+        if lean is None or self._protocol != mqtt.MQTTv5 or self._in_packet["command"] or self._rsock is not self._sock:
+            return 0
+        buf, pos = self._rbuf, self._rpos
+        end = len(buf)
+        taken = 0
+        while taken < limit and pos < end:
+            header = buf[pos]
+            if header & 0xF0 != 0x30 or header & 0x06 == 0x06:
+                break  # not a PUBLISH, or QoS 2 (or the invalid 3): paho's
+            length, shift, i = 0, 0, pos + 1
+            while i < end and i <= pos + 4:
+                byte = buf[i]
+                i += 1
+                length |= (byte & 0x7F) << shift
+                shift += 7
+                if not byte & 0x80:
+                    break
+            else:
+                break  # the length runs past the chunk, or past 4 bytes: paho's
+            body_end = i + length
+            qos = (header & 0x06) >> 1
+            topic_end = i + 2 + int.from_bytes(buf[i : i + 2], "big")
+            at = topic_end + (2 if qos else 0)
+            if body_end > end or topic_end == i + 2 or at >= body_end or buf[at] != 0:
+                break  # cut by the chunk's end, an empty topic, a short packet or properties: paho's
+            try:
+                topic = buf[i + 2 : topic_end].decode()
+            except UnicodeDecodeError:
+                break
+            mid = int.from_bytes(buf[topic_end:at], "big") if qos else 0
+            self._rpos = pos = body_end
+            taken += 1
+            with self._in_callback_mutex:
+                lean(topic, buf[at + 1 : body_end], qos, bool(header & 0x01), mid, mqtt.time_func())
+            if qos and not self._manual_ack:
+                self._send_puback(mid)
+        if taken:
+            with self._msgtime_mutex:
+                self._last_bytes_received = mqtt.time_func()
+        return taken
 
     def _handle_publish(self) -> MQTTErrorCode:
         if self._protocol != mqtt.MQTTv5:

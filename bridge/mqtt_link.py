@@ -222,18 +222,17 @@ class BrokerLink:
 
         paho's `loop_read` reads as many packets as it has QoS>0 messages in flight, which for
         QoS 0 heartbeats is one: a wake-up of the loop per heartbeat cost a third of the bridge's
-        time. This is `loop_read` with the count lifted, on the private methods it uses (paho is
+        time. This is `loop_read` with the count lifted (`LeanClient.read_packets`), on private methods (paho is
         pinned below 2.3 in pyproject.toml for that reason).
         """
-        for _ in range(READ_PACKETS):
-            if client.socket() is None:
-                return
-            rc = client._packet_read()
-            if rc > 0:
-                client._loop_rc_handle(rc)
-                return
-            if rc == mqtt.MQTTErrorCode.MQTT_ERR_AGAIN:
-                return
+        if client.socket() is None:
+            return
+        rc = client.read_packets(READ_PACKETS)
+        if rc > 0:
+            client._loop_rc_handle(rc)
+            return
+        if rc == mqtt.MQTTErrorCode.MQTT_ERR_AGAIN:
+            return
         self._read_buffered_soon(client)
 
     def _read_buffered_soon(self, client: LeanClient) -> None:

@@ -132,13 +132,37 @@ def test_on_lean_message_gets_what_paho_gives_on_message_and_the_rest_still_goes
             seen.append((topic.encode(), payload, qos, retain, False, mid, None))
 
         client.on_lean_message = on_lean  # type: ignore[attr-defined]
+        limit = data.draw(st.integers(1, 50))  # packets per readable event, as the link asks for them
         for piece in pieces:
             sender.sendall(piece)
-            read_all(client)
+            for _ in range(100_000):  # as the link reads: read_packets until the socket is empty
+                rc = client.read_packets(limit)  # type: ignore[attr-defined]
+                if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    assert rc == MQTTErrorCode.MQTT_ERR_AGAIN
+                    break
     assert [m[:4] + m[5:6] for m in seen] == [m[:4] + m[5:6] for m in plain]
     for i, (topic, *_rest) in enumerate(batch):
         plain_way = batch[i][5] is not None or not _utf8(topic)  # properties, or a topic that is not UTF-8
         assert (("lean", i) in lean) is not plain_way
+
+
+def test_read_packets_takes_whole_packets_from_the_chunk_and_leaves_the_rest_to_paho() -> None:
+    # A chunk holding plain heartbeats, one with properties, a PINGRESP and a packet cut by the chunk's end.
+    beat = publish_packet(b"restaurants/r/devices/d/heartbeat", b'{"epoch":1}', 0, False, 1, None)
+    with_props = publish_packet(b"restaurants/r/devices/d/presence", b"p", 1, True, 9, 60)
+    stream = beat * 3 + with_props + bytes([0xD0, 0]) + beat * 2
+    with receiving(LeanClient) as (client, sender, seen):
+        taken: list[bytes] = []
+        client.on_lean_message = lambda topic, payload, *_: taken.append(payload)  # type: ignore[attr-defined]
+        sender.sendall(stream[:-4])
+        assert client.read_packets(100) == MQTTErrorCode.MQTT_ERR_AGAIN  # type: ignore[attr-defined]
+        assert len(taken) == 4 and [m[1] for m in seen] == [b"p"]  # the cut one waits for its bytes
+        sender.sendall(stream[-4:])
+        assert client.read_packets(100) == MQTTErrorCode.MQTT_ERR_AGAIN  # type: ignore[attr-defined]
+        assert len(taken) == 5 and taken[-1] == b'{"epoch":1}'
+        sender.sendall(beat * 10)
+        assert client.read_packets(4) == MQTTErrorCode.MQTT_ERR_SUCCESS  # type: ignore[attr-defined]
+        assert len(taken) == 9 and client.buffered()  # type: ignore[attr-defined]
 
 
 def _utf8(raw: bytes) -> bool:
