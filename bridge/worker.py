@@ -354,14 +354,13 @@ class Bridge:
                 [rows[i] for i in todo], stamps=[stamps[i] for i in todo], settled_first=settled_first
             )
             self.metrics.ignored.labels("presence").inc(sum(1 for r in results if r.code == 0))
-            done = [i for i, res in zip(todo, results, strict=True) if res.code != UNSETTLED]
+            done = [(i, res) for i, res in zip(todo, results, strict=True) if res.code != UNSETTLED]
             if done:
                 # Each restaurant as of its own newest message: a batch of the final stop spans seconds of receipt.
                 each: dict[str, int] = {}
-                for i in done:
+                for i, _res in done:
                     each[rows[i][0]] = max(stamps[i], each.get(rows[i][0], stamps[i]))
-                applied = [(rows[i][0], res) for i, res in zip(todo, results, strict=True) if res.code != UNSETTLED]
-                await self._after_transitions(applied, max(stamps[i] for i in done), each)
+                await self._after_transitions([(rows[i][0], res) for i, res in done], max(each.values()), each)
             return _split(todo, [rows[i][0] for i in todo], results)
 
         await self._in_turns(len(rows), turn)
