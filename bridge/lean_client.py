@@ -93,8 +93,8 @@ class LeanClient(mqtt.Client):
         taken = 0
         while taken < limit and pos < end:
             header = buf[pos]
-            if header & 0xF0 != 0x30 or header & 0x06 == 0x06:
-                break  # not a PUBLISH, or QoS 2 (or the invalid 3): paho's
+            if header & 0xF0 != 0x30:
+                break  # not a PUBLISH: paho's
             length, shift, i = 0, 0, pos + 1
             while i < end and i <= pos + 4:
                 byte = buf[i]
@@ -106,49 +106,41 @@ class LeanClient(mqtt.Client):
             else:
                 break  # the length runs past the chunk, or past 4 bytes: paho's
             body_end = i + length
-            qos = (header & 0x06) >> 1
-            topic_end = i + 2 + int.from_bytes(buf[i : i + 2], "big")
-            at = topic_end + (2 if qos else 0)
-            if body_end > end or topic_end == i + 2 or at >= body_end or buf[at] != 0:
-                break  # cut by the chunk's end, an empty topic, a short packet or properties: paho's
-            try:
-                topic = buf[i + 2 : topic_end].decode()
-            except UnicodeDecodeError:
-                break
-            mid = int.from_bytes(buf[topic_end:at], "big") if qos else 0
+            fields = lean_fields(header, buf, i, body_end) if body_end <= end else None
+            if fields is None:
+                break  # cut by the chunk's end, or not one `_handle_publish` would hand over: paho's
             self._rpos = pos = body_end
             taken += 1
-            with self._in_callback_mutex:
-                lean(topic, buf[at + 1 : body_end], qos, bool(header & 0x01), mid, mqtt.time_func())
-            if qos and not self._manual_ack:
-                self._send_puback(mid)
+            self._deliver(lean, *fields)
         if taken:
             with self._msgtime_mutex:
                 self._last_bytes_received = mqtt.time_func()
         return taken
+
+    def _deliver(
+        self, lean: LeanMessage, topic: str, payload: bytes, qos: int, retain: bool, mid: int
+    ) -> MQTTErrorCode:
+        """Hand a PUBLISH to `on_lean_message` as `_handle_on_message` hands one to `on_message`."""
+        with self._in_callback_mutex:
+            lean(topic, payload, qos, retain, mid, mqtt.time_func())
+        if qos and not self._manual_ack:
+            return self._send_puback(mid)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def _handle_publish(self) -> MQTTErrorCode:
         if self._protocol != mqtt.MQTTv5:
             return super()._handle_publish()
         header: int = self._in_packet["command"]
         packet: bytearray = self._in_packet["packet"]
+        lean = self.on_lean_message
+        if lean is not None and (fields := lean_fields(header, packet, 0, len(packet))) is not None:
+            return self._deliver(lean, *fields)
         qos = (header & 0x06) >> 1
         topic_end = 2 + int.from_bytes(packet[:2], "big")
         at = topic_end + (2 if qos else 0)
         if qos > 1 or topic_end == 2 or at >= len(packet) or packet[at] != 0:
             return super()._handle_publish()
         mid = int.from_bytes(packet[topic_end:at], "big") if qos else 0
-        lean = self.on_lean_message
-        if lean is not None:
-            try:
-                topic = packet[2:topic_end].decode()
-            except UnicodeDecodeError:
-                return super()._handle_publish()  # paho's way with a topic that is not UTF-8
-            with self._in_callback_mutex:
-                lean(topic, bytes(packet[at + 1 :]), qos, bool(header & 0x01), mid, mqtt.time_func())
-            if qos and not self._manual_ack:
-                return self._send_puback(mid)
-            return MQTTErrorCode.MQTT_ERR_SUCCESS
         message = mqtt.MQTTMessage(mid=mid, topic=bytes(packet[2:topic_end]))
         message.dup = bool(header & 0x08)
         message.qos = qos
@@ -159,3 +151,19 @@ class LeanClient(mqtt.Client):
         if qos and not self._manual_ack:
             return self._send_puback(mid)
         return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+
+def lean_fields(header: int, buf: bytes | bytearray, start: int, end: int) -> tuple[str, bytes, int, bool, int] | None:
+    """(topic, payload, qos, retain, mid) of the PUBLISH whose body is buf[start:end], or None unless it is
+    one to hand over as plain values: QoS 0 or 1, a non-empty UTF-8 topic, no properties (MQTT 5)."""
+    qos = (header & 0x06) >> 1
+    topic_end = start + 2 + int.from_bytes(buf[start : start + 2], "big")
+    at = topic_end + (2 if qos else 0)
+    if qos > 1 or topic_end == start + 2 or at >= end or buf[at] != 0:
+        return None
+    try:
+        topic = buf[start + 2 : topic_end].decode()
+    except UnicodeDecodeError:
+        return None  # paho's way, with the topic as bytes
+    mid = int.from_bytes(buf[topic_end:at], "big") if qos else 0
+    return topic, bytes(buf[at + 1 : end]), qos, bool(header & 0x01), mid
