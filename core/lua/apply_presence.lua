@@ -14,11 +14,9 @@
 -- (its event was written to the outbox field in the same atomic step); or {3, u}: nothing done, settle first.
 local key = KEYS[1]
 local did, epoch, state, now = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
-if ARGV[8] == "1" then
-  local unsettled = redis.call("HGET", key, "u")
-  if unsettled then
-    return {3, tonumber(unsettled)}
-  end
+local unsettled = redis.call("HGET", key, "u")
+if unsettled and ARGV[8] == "1" then
+  return {3, tonumber(unsettled)}
 end
 local rank = epoch * 2 + (state == "offline" and 1 or 0)
 local current = redis.call("HGET", key, "d:" .. did)
@@ -39,8 +37,7 @@ end
 local version = redis.call("HINCRBY", key, "v", 1)
 local is_connected = (state == "online")
 if is_connected ~= was_connected then
-  local unsettled = tonumber(redis.call("HGET", key, "u") or "0")
-  redis.call("HSET", key, ARGV[5], ARGV[6], "u", math.max(unsettled, tonumber(now)))
+  redis.call("HSET", key, ARGV[5], ARGV[6], "u", math.max(tonumber(unsettled or "0"), tonumber(now)))
   return {2, version}
 end
 return {1, version}

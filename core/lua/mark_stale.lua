@@ -9,11 +9,9 @@
 -- or {3, u}: nothing done, settle the restaurant first.
 local key = KEYS[1]
 local did, cutoff = ARGV[1], tonumber(ARGV[2])
-if ARGV[6] == "1" then
-  local unsettled = redis.call("HGET", key, "u")
-  if unsettled then
-    return {3, tonumber(unsettled)}
-  end
+local unsettled = redis.call("HGET", key, "u")
+if unsettled and ARGV[6] == "1" then
+  return {3, tonumber(unsettled)}
 end
 local current = redis.call("HGET", key, "d:" .. did)
 if not current then
@@ -26,6 +24,5 @@ if c_state ~= "online" or c_stale == "1" or last_seen > cutoff then
 end
 redis.call("HSET", key, "d:" .. did, c_epoch .. "|online|" .. ARGV[3] .. "|1")
 local version = redis.call("HINCRBY", key, "v", 1)
-local unsettled = tonumber(redis.call("HGET", key, "u") or "0")
-redis.call("HSET", key, ARGV[4], ARGV[5], "u", math.max(unsettled, tonumber(ARGV[3])))
+redis.call("HSET", key, ARGV[4], ARGV[5], "u", math.max(tonumber(unsettled or "0"), tonumber(ARGV[3])))
 return {2, version}
