@@ -404,7 +404,7 @@ class ProbeRunner:
                         p.heartbeat()  # before its turn a probe is a live device
                         p.drain()
                     elif p in apps and p.rid not in found and time.time() - p.last_sent >= keepalive / 2:
-                        answered[p.rid] += p.drain() + p.ping()  # a silent app's session stays open
+                        answered[p.rid] += p.ping()  # a silent app's session stays open; ping() drains
                 for p in drops:
                     if p.rid in last and p.rid not in closed and p.closed_by_broker():
                         closed[p.rid] = time.time()
@@ -425,10 +425,10 @@ class ProbeRunner:
                     f.app_s.append(found[p.rid] - last[p.rid])
                 else:
                     f.app_missed += 1
-            # A PINGRESP is 2 bytes: a silent app whose session had ended would have read none lately. Both
-            # reads count: `ping()` drains right after its PINGREQ, and on loopback the answer is often there
-            # already (uncounted, that read "session kept: False" twice on 2026-11-27); the answer to the
-            # last ping is read here.
+            # A PINGRESP is 2 bytes: a silent app whose session had ended would have read none lately.
+            # `ping()` drains right after its PINGREQ, and on loopback the answer is often there already
+            # (uncounted, that read "session kept: False" twice on 2026-11-27); the answer to the last ping
+            # is read here.
             for p in apps:
                 answered[p.rid] += p.drain()
             f.app_pings_answered = all(answered[p.rid] > 0 for p in apps)
