@@ -5,7 +5,7 @@ import json
 import threading
 import time
 import uuid
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import aio_pika
@@ -16,6 +16,7 @@ from core.documents import Restaurant
 from core.hours import DayHours, OpeningHours
 from core.ids import client_id, heartbeat_topic, presence_topic, status_topic
 from core.mqtt_passwords import hash_password, upsert_password_entries
+from core.presence_store import STATUS_OUTBOX, PresenceStore
 from core.secrets import hash_secret, new_secret
 from core.settings import Settings
 from tests.helpers import wait_until
@@ -152,6 +153,12 @@ class EventTap:
     async def wait_for(self, rid: str, kind: str, count: int = 1, timeout: float = 20.0) -> list[dict[str, Any]]:
         await wait_until(lambda: len(self.of(rid, kind)) >= count, timeout, message=f"{count} {kind} for {rid}")
         return self.of(rid, kind)
+
+
+async def outbox_empty(store: PresenceStore, rid: str) -> bool:
+    """Every event of the restaurant confirmed by RabbitMQ and its retained status acknowledged by the broker."""
+    fields = cast(list[str], await store.redis.hkeys(store.key(rid)))
+    return not any(f == STATUS_OUTBOX or f.startswith("o:") for f in fields)
 
 
 async def settle_time(seconds: float = 0.3) -> None:

@@ -36,7 +36,7 @@ from scheduler.metrics import SchedulerMetrics
 from scheduler.retry import Retrier
 from scheduler.status_publisher import StatusPublisher
 from scheduler.worker import Scheduler
-from tests.devices import ALWAYS_OPEN, EventTap, StatusWatcher, make_restaurant, settle_time
+from tests.devices import ALWAYS_OPEN, EventTap, StatusWatcher, make_restaurant, outbox_empty, settle_time
 from tests.helpers import wait_until
 from tests.tcp_cut import CuttableRelay
 
@@ -109,11 +109,6 @@ def parse(text: str) -> datetime:
 
 def since(event: dict[str, Any]) -> datetime:
     return parse(event["data"]["since"])
-
-
-async def outbox_empty(store: PresenceStore, rid: str) -> bool:
-    fields = cast(list[str], await store.redis.hkeys(store.key(rid)))
-    return not any(f == "m" or f.startswith("o:") for f in fields)
 
 
 def assert_once_on_both_queues(env: dict[str, Any], rid: str, expected: list[str | None]) -> None:
