@@ -88,6 +88,7 @@ class BrokerLink:
         self._tasks: list[asyncio.Task[None]] = []
         self._reconnect: asyncio.Task[None] | None = None
         self._attempt = 0
+        self._connect_again: float | None = None  # the delay of a connect asked for during an attempt
         self._client = self._new_client()
 
     def _new_client(self) -> LeanClient:
@@ -139,10 +140,25 @@ class BrokerLink:
         # yet: it must still be replaced. (It was not: a broker still down at the first attempt after a
         # restart left the bridge disconnected for good, the intermittent broker fault run.)
         current = self._reconnect
-        if not self._stopping and (current is None or current.done() or current is asyncio.current_task()):
+        if self._stopping:
+            return
+        if current is None or current.done() or current is asyncio.current_task():
             self._reconnect = asyncio.create_task(self._connect_after(delay), name=f"mqtt-connect-{self.client_id}")
+        else:
+            # An attempt is still in its worker thread, and this comes from the loop: amqtt's refusal of
+            # MQTT 5, read before the thread that sent the CONNECT got its core back (CI, 2026-11-27).
+            # Dropped, the bridge never connected again; the attempt asks for it once it is done.
+            self._connect_again = delay
 
     async def _connect_after(self, delay: float) -> None:
+        try:
+            await self._connect_once(delay)
+        finally:
+            again, self._connect_again = self._connect_again, None
+            if again is not None and self._reconnect is asyncio.current_task():  # else a newer one is on its way
+                self._schedule_connect(again)
+
+    async def _connect_once(self, delay: float) -> None:
         await asyncio.sleep(delay)
         assert self._loop is not None
         properties = None

@@ -8,10 +8,10 @@ import json
 import os
 import socket
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -21,7 +21,7 @@ from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright
 
 from api.main import create_app
 from core.settings import Settings
-from tests.helpers import wait_until
+from tests.helpers import bridge_whereabouts, wait_until
 
 CHROMIUM = Path("/usr/bin/chromium")
 TEARDOWN_S = 30.0  # one step of a teardown; the test's whole budget is pytest's 120 s
@@ -135,15 +135,7 @@ async def platform_workers(settings: Settings) -> AsyncIterator[None]:
 
     async with AsyncExitStack() as stack:
         bridge = Bridge(settings, uuid.uuid4().hex[:8])
-
-        def where() -> str:
-            """Seen once (fresh clone, 2026-11-27): a bridge that had not converged after 30 s."""
-            now = time.monotonic()
-            links = [{"url": link.url, "connected": link.connected, "reconciling": link.reconciling,
-                      "subscribed": link.reconcile_subscribed_at is not None,
-                      "last_retained_s_ago": round(now - link.last_retained_at, 1)} for link in bridge.links]
-            return f"links {links}, inbox {len(bridge.inbox)}"  # fmt: skip
-
+        where = partial(bridge_whereabouts, bridge)  # seen once (fresh40): not converged after 30 s
         await stack.enter_async_context(running(bridge, bridge.converged.is_set, "bridge", where))
         if have_module("feed.consumer"):
             from feed.consumer import FeedConsumer

@@ -9,6 +9,7 @@ on that answer.
 import asyncio
 import logging
 import socket
+import time
 import uuid
 from typing import Any
 from urllib.parse import urlsplit
@@ -17,10 +18,11 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from bridge.lean_client import LeanClient
 from bridge.worker import Bridge
 from core.settings import Settings
 from scheduler.retained_link import RetainedLink
-from tests.helpers import wait_until
+from tests.helpers import bridge_converged, wait_until
 
 
 def amqtt_address(stack: Any) -> tuple[str, int]:
@@ -81,7 +83,7 @@ async def test_the_bridge_on_auto_falls_back_when_the_broker_refuses_mqtt5(
     caplog.set_level(logging.INFO, logger="bridge.mqtt_link")
     task = asyncio.create_task(bridge.run())
     try:
-        await wait_until(lambda: bridge.converged.is_set() or task.done(), 20, message="bridge never converged")
+        await bridge_converged(bridge, task)
         messages = [r.getMessage() for r in caplog.records if r.name == "bridge.mqtt_link"]
         assert any("refused MQTT 5; using MQTT 3.1.1" in m for m in messages), messages
         assert not any("did not answer" in m for m in messages), messages
@@ -112,3 +114,33 @@ async def test_the_schedulers_link_on_auto_falls_back_when_the_broker_refuses_mq
         assert not [r for r in records if r.levelno >= logging.WARNING], messages
     finally:
         await link.stop()
+
+
+async def test_a_refusal_read_before_the_connect_call_returned_still_leads_to_a_311_connect(
+    settings: Settings, stack: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # CI, 2026-11-27: on a busy machine the worker thread that ran paho's `connect` lost its core just
+    # after the CONNECT went out. The loop read amqtt's CONNACK 0x01 before that attempt was done, and
+    # its fall-back asked for a 3.1.1 connect while an attempt still ran, which used to be dropped: the
+    # bridge never connected again ("first bridge never converged").
+    host, port = amqtt_address(stack)
+    connect = LeanClient.connect
+
+    def connect_then_lose_the_core(self: LeanClient, *args: Any, **kwargs: Any) -> Any:
+        result = connect(self, *args, **kwargs)
+        time.sleep(0.5)  # the loop meanwhile writes the CONNECT and reads the refusal
+        return result
+
+    monkeypatch.setattr(LeanClient, "connect", connect_then_lose_the_core)
+    bridge = Bridge(
+        settings.model_copy(update={"mqtt_brokers": [f"mqtt://{host}:{port}"], "mqtt_protocol": "auto",
+                                    "bridge_metrics_port": -1}),
+        uuid.uuid4().hex[:8],
+    )  # fmt: skip
+    task = asyncio.create_task(bridge.run())
+    try:
+        await bridge_converged(bridge, task)
+        assert [link.mqtt5 for link in bridge.links] == [False]
+    finally:
+        bridge.request_stop()
+        await asyncio.wait_for(task, 30)
