@@ -97,6 +97,24 @@ async def test_a_heartbeat_after_a_silence_longer_than_the_window_is_a_transitio
         await redis.aclose()
 
 
+async def test_a_batch_larger_than_one_index_update_refreshes_every_device_in_the_index(settings: Settings) -> None:
+    """heartbeat_batch.lua updates the heartbeat index 1,000 devices a ZADD: every chunk must land, the last
+    short one too, and a device twice in a batch is one member."""
+    redis = Redis.from_url(settings.redis_url, decode_responses=True)
+    store = PresenceStore(redis, f"{settings.redis_prefix}{uuid.uuid4().hex}:")
+    t = 1_700_000_000_000
+    beats = [(f"r{i}", "d", 1) for i in range(2_345)] + [("r7", "d", 1)]
+    try:
+        await store.heartbeats(beats, at_ms=t)
+        indexed = await store.stale_candidates(t, limit=10_000)
+        assert sorted(indexed) == sorted((rid, "d", t) for rid, _, _ in beats[:-1])
+        await store.heartbeats(beats, at_ms=t + 5)
+        assert await store.stale_candidates(t + 4, limit=10_000) == []  # every member moved on, none left behind
+        assert len(await store.stale_candidates(t + 5, limit=10_000)) == 2_345
+    finally:
+        await redis.aclose()
+
+
 def test_outbox_fields_sort_in_commit_order_within_a_millisecond() -> None:
     # With RabbitMQ away a device event and the STATUS_CHANGED it caused may be committed in the same
     # millisecond; the flush publishes a restaurant's outbox in field order.

@@ -22,6 +22,7 @@ local now_ms, window = tonumber(ARGV[1]), tonumber(ARGV[5])
 local index = KEYS[1]
 local check = ARGV[7] == "1"
 local out = {0}
+local scored = {}  -- score, member, ...: the index's updates, one ZADD a chunk (every score is `now`)
 
 -- `last` is the device's l: field (false when absent), read with the others in one HMGET.
 local function heard_within_window(last)
@@ -62,7 +63,8 @@ for did, epoch_s in string.gmatch(ARGV[8], "([^ \n]+) ([^\n]+)") do
   if accept then
     local rid = string.sub(key, prefix_len + 3)
     redis.call("HSET", key, "l:" .. did, now)
-    redis.call("ZADD", index, now, rid .. "/" .. did)
+    scored[#scored + 1] = now
+    scored[#scored + 1] = rid .. "/" .. did
     if transition then
       redis.call("HINCRBY", key, "v", 1)
       local event_id = id_base .. string.format("%04x", i % 65536)
@@ -79,5 +81,9 @@ for did, epoch_s in string.gmatch(ARGV[8], "([^ \n]+) ([^\n]+)") do
   elseif not unsettled then
     out[1] = out[1] + 1
   end
+end
+-- Lua's unpack is bounded by its C stack (LUAI_MAXCSTACK, 8,000): 1,000 members a call.
+for start = 1, #scored, 2000 do
+  redis.call("ZADD", index, unpack(scored, start, math.min(start + 1999, #scored)))
 end
 return out
