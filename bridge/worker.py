@@ -33,6 +33,7 @@ from core.horizons import Horizons
 from core.ids import parse_device_topic, status_topic, status_topic_restaurant
 from core.messages import DeviceState, Event, EventType, parse_heartbeat, parse_presence
 from core.presence_store import UNSETTLED, PresenceStore, ScriptResult, from_ms, now_ms
+from core.redis_connection import PackedConnection
 from core.settings import Settings
 from core.shards import shard_of
 from core.state_marker import StateLost, StateMarker
@@ -110,9 +111,9 @@ class Bridge:
     async def run(self) -> None:
         self.inbox: Inbox[Inbound] = Inbox()
         # Blocking: a burst of settles waits for a connection instead of failing when the pool is empty.
-        pool = BlockingConnectionPool.from_url(
-            self.settings.redis_url, max_connections=REDIS_CONNECTIONS, timeout=30, decode_responses=True
-        )
+        # PackedConnection: a heartbeat batch's key per heartbeat is packed in one join (core/redis_connection.py).
+        pool = BlockingConnectionPool.from_url(self.settings.redis_url, max_connections=REDIS_CONNECTIONS, timeout=30,
+                                               decode_responses=True, connection_class=PackedConnection)  # fmt: skip
         redis = Redis.from_pool(pool)  # owns the pool: aclose() closes its connections
         mongo = await open_mongo(self.settings)
         self.publisher = EventPublisher(self.settings)
