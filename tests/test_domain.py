@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from core.errors import InvalidMessage
 from core.hours import DayHours, OpeningHours, open_intervals, opening_at
 from core.ids import parse_device_topic
-from core.messages import DeviceState, parse_heartbeat, parse_presence
+from core.messages import MAX_EPOCH, DeviceState, heartbeat_fields, parse_heartbeat, parse_presence
 from core.status import DeviceFact, OfflineReason, RestaurantRules, Unavailability, UnavailabilityReason, derive_status
 
 WINDOW = timedelta(seconds=120)
@@ -40,6 +40,35 @@ def test_bad_heartbeats_say_why(payload: bytes, reason: str) -> None:
     assert caught.value.reason == reason
 
 
+def read_both_ways(payload: bytes, max_bytes: int) -> tuple[object, object]:
+    """What `heartbeat_fields` and the model make of it: (epoch, ts) or the reason it is refused."""
+    answers: list[object] = []
+    for read in (heartbeat_fields, lambda p, m: (lambda h: (h.epoch, h.ts))(parse_heartbeat(p, m))):
+        try:
+            answers.append(read(payload, max_bytes))
+        except InvalidMessage as exc:
+            answers.append(exc.reason)
+    return answers[0], answers[1]
+
+
+numbers = st.one_of(st.integers(-5, 5), st.integers(MAX_EPOCH - 2, MAX_EPOCH + 2), st.integers(-(10**20), 10**20))
+numerals = st.one_of(numbers.map(lambda n: str(n).encode()), st.sampled_from([b"01", b"1.0", b"1e3", b"-0", b'"7"']))
+
+
+@given(numerals, numerals, st.sampled_from([b'{"epoch":%b,"ts":%b}', b'{"epoch": %b, "ts": %b}',
+                                            b'{"ts":%b,"epoch":%b}', b'{"epoch":%b,"ts":%b}\n']),
+       st.sampled_from([1024, 20]))  # fmt: skip
+def test_the_fast_heartbeat_reading_agrees_with_the_model(epoch: bytes, ts: bytes, form: bytes, limit: int) -> None:
+    fast, model = read_both_ways(form % (epoch, ts), limit)
+    assert fast == model
+
+
+@given(st.binary(max_size=40))
+def test_the_fast_heartbeat_reading_agrees_with_the_model_on_any_bytes(payload: bytes) -> None:
+    fast, model = read_both_ways(payload, 1024)
+    assert fast == model
+
+
 def test_presence_payloads() -> None:
     assert parse_presence(b'{"state": "online", "epoch": 3, "ts": 1}').state is DeviceState.ONLINE
     assert parse_presence(b'{"state": "offline", "epoch": 3, "ts": 1, "cause": "graceful"}').cause == "graceful"
@@ -50,7 +79,8 @@ def test_presence_payloads() -> None:
 @pytest.mark.parametrize(
     "topic",
     ["restaurants/a/devices/b/status", "restaurants/a b/devices/b/presence", "x/a/devices/b/presence",
-     "restaurants/" + "a" * 65 + "/devices/b/heartbeat", "restaurants/a/devices//presence"],
+     "restaurants/" + "a" * 65 + "/devices/b/heartbeat", "restaurants/a/devices//presence",
+     "restaurants/a/devices/b/heartbeat\n"],
 )
 def test_bad_topics(topic: str) -> None:
     with pytest.raises(InvalidMessage):
