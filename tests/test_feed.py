@@ -152,6 +152,43 @@ async def test_a_status_sequenced_after_a_move_names_the_new_group_whatever_the_
         assert (await env["stream"].read_range(4))[0].group == "A"
 
 
+async def test_a_status_sequenced_between_the_moves_read_and_its_append_is_appended_again(
+    settings: Settings, env: dict[str, Any]
+) -> None:
+    # The move reads the committed status, then appends it: a status committed and sequenced in between
+    # used to be followed by the older one, on every dashboard, until the restaurant's next status.
+    await put_groups(env["redis"], settings, {"r-race": "A"})
+    store = PresenceStore(env["redis"], settings.redis_prefix)
+    t0 = utc_now()
+    first, second = status_event("r-race", True, t0), status_event("r-race", False, t0 + timedelta(seconds=1))
+    async with running_feed(settings) as feed:
+        await env["publisher"].publish(first)
+        await wait_until(lambda: feed.metrics.value("sequenced") == 1, message="first status")
+        await store.redis.hset(store.key("r-race"), "s", json.dumps(first.data))
+        regrouper = Regrouper(store, settings)
+        append = regrouper._append
+
+        async def a_status_lands_in_between(*args: Any, **kwargs: Any) -> Any:
+            if feed.metrics.value("sequenced") == 1:
+                await store.redis.hset(store.key("r-race"), "s", json.dumps(second.data))
+                await env["publisher"].publish(second)
+                await wait_until(lambda: feed.metrics.value("sequenced") == 2, message="second status")
+            return await append(*args, **kwargs)
+
+        regrouper._append = a_status_lands_in_between  # type: ignore[assignment]
+        mongo = await open_mongo(settings)  # Beanie, as in the API
+        try:
+            assert await regrouper.moved("r-race", "A", "B") == 4
+        finally:
+            await mongo.close()
+        entries = await env["stream"].read_range(1)
+        assert [(e.seq, e.group, e.left_group, json.loads(e.status_json)["online"]) for e in entries] == [
+            (1, "A", None, True), (2, "A", None, False), (3, "B", "A", True), (4, "B", "A", False)
+        ]  # fmt: skip
+        doc = await env["cache"].find_one({"_id": "r-race"})
+        assert doc is not None and (doc["group"], doc["status"]["online"]) == ("B", False)
+
+
 async def test_redelivered_event_gets_no_second_seq_and_older_status_is_not_fed(
     settings: Settings, env: dict[str, Any]
 ) -> None:
