@@ -106,12 +106,17 @@ class LeanClient(mqtt.Client):
             else:
                 break  # the length runs past the chunk, or past 4 bytes: paho's
             body_end = i + length
-            fields = lean_fields(header, buf, i, body_end) if body_end <= end else None
+            fields = publish_fields(header, buf, i, body_end) if body_end <= end else None
             if fields is None:
                 break  # cut by the chunk's end, or not one `_handle_publish` would hand over: paho's
+            raw_topic, payload, qos, retain, mid = fields
+            try:
+                topic = raw_topic.decode()
+            except UnicodeDecodeError:
+                break  # `_handle_publish` hands it to on_message, with the topic as bytes, as paho does
             self._rpos = pos = body_end
             taken += 1
-            self._deliver(lean, *fields)
+            self._deliver(lean, topic, payload, qos, retain, mid)
         if taken:
             with self._msgtime_mutex:
                 self._last_bytes_received = mqtt.time_func()
@@ -132,20 +137,23 @@ class LeanClient(mqtt.Client):
             return super()._handle_publish()
         header: int = self._in_packet["command"]
         packet: bytearray = self._in_packet["packet"]
-        lean = self.on_lean_message
-        if lean is not None and (fields := lean_fields(header, packet, 0, len(packet))) is not None:
-            return self._deliver(lean, *fields)
-        qos = (header & 0x06) >> 1
-        topic_end = 2 + int.from_bytes(packet[:2], "big")
-        at = topic_end + (2 if qos else 0)
-        if qos > 1 or topic_end == 2 or at >= len(packet) or packet[at] != 0:
+        fields = publish_fields(header, packet, 0, len(packet))
+        if fields is None:
             return super()._handle_publish()
-        mid = int.from_bytes(packet[topic_end:at], "big") if qos else 0
-        message = mqtt.MQTTMessage(mid=mid, topic=bytes(packet[2:topic_end]))
+        raw_topic, payload, qos, retain, mid = fields
+        lean = self.on_lean_message
+        if lean is not None:
+            try:
+                topic = raw_topic.decode()
+            except UnicodeDecodeError:
+                pass  # on_message, with the topic as bytes
+            else:
+                return self._deliver(lean, topic, payload, qos, retain, mid)
+        message = mqtt.MQTTMessage(mid=mid, topic=raw_topic)
         message.dup = bool(header & 0x08)
         message.qos = qos
-        message.retain = bool(header & 0x01)
-        message.payload = bytes(packet[at + 1 :])
+        message.retain = retain
+        message.payload = payload
         message.timestamp = mqtt.time_func()
         self._handle_on_message(message)
         if qos and not self._manual_ack:
@@ -153,17 +161,15 @@ class LeanClient(mqtt.Client):
         return MQTTErrorCode.MQTT_ERR_SUCCESS
 
 
-def lean_fields(header: int, buf: bytes | bytearray, start: int, end: int) -> tuple[str, bytes, int, bool, int] | None:
+def publish_fields(
+    header: int, buf: bytes | bytearray, start: int, end: int
+) -> tuple[bytes, bytes, int, bool, int] | None:
     """(topic, payload, qos, retain, mid) of the PUBLISH whose body is buf[start:end], or None unless it is
-    one to hand over as plain values: QoS 0 or 1, a non-empty UTF-8 topic, no properties (MQTT 5)."""
+    one `LeanClient` decodes itself: QoS 0 or 1, a non-empty topic, no properties (MQTT 5)."""
     qos = (header & 0x06) >> 1
     topic_end = start + 2 + int.from_bytes(buf[start : start + 2], "big")
     at = topic_end + (2 if qos else 0)
     if qos > 1 or topic_end == start + 2 or at >= end or buf[at] != 0:
         return None
-    try:
-        topic = buf[start + 2 : topic_end].decode()
-    except UnicodeDecodeError:
-        return None  # paho's way, with the topic as bytes
     mid = int.from_bytes(buf[topic_end:at], "big") if qos else 0
-    return topic, bytes(buf[at + 1 : end]), qos, bool(header & 0x01), mid
+    return bytes(buf[start + 2 : topic_end]), bytes(buf[at + 1 : end]), qos, bool(header & 0x01), mid
