@@ -21,7 +21,7 @@ from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright
 
 from api.main import create_app
 from core.settings import Settings
-from tests.helpers import bridge_whereabouts, wait_until
+from tests.helpers import bridge_whereabouts, ready_or_raise, wait_until
 
 CHROMIUM = Path("/usr/bin/chromium")
 TEARDOWN_S = 30.0  # one step of a teardown; the test's whole budget is pytest's 120 s
@@ -59,12 +59,7 @@ async def running(
     `state` says where a worker that never became ready stood."""
     task = asyncio.create_task(worker.run(), name=name)
     try:
-        try:
-            await wait_until(lambda: ready() or task.done(), 30)
-        except AssertionError:
-            raise AssertionError(f"{name} never became ready in 30 s {state()}") from None
-        if task.done():
-            task.result()
+        await ready_or_raise(task, ready, name, 30, state)
         yield
     finally:
         worker.request_stop()

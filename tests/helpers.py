@@ -39,11 +39,23 @@ def bridge_whereabouts(bridge: Any) -> str:
     return f"links {links}, inbox {len(inbox) if inbox is not None else None}"
 
 
-async def bridge_converged(bridge: Any, task: "asyncio.Task[None]", timeout: float = 20.0) -> None:
-    """Wait for the bridge's first convergence; a bridge task that ended first raises its error."""
+async def ready_or_raise(
+    task: "asyncio.Task[None]",
+    ready: Callable[[], bool],
+    name: str,
+    timeout: float,
+    state: Callable[[], str] = lambda: "",
+) -> None:
+    """Wait until a worker's task is `ready()`; a task that ended first raises its error, and one that
+    never got ready says where it stood (`state`)."""
     try:
-        await wait_until(lambda: bridge.converged.is_set() or task.done(), timeout)
+        await wait_until(lambda: ready() or task.done(), timeout)
     except AssertionError:
-        raise AssertionError(f"bridge never converged in {timeout} s: {bridge_whereabouts(bridge)}") from None
+        raise AssertionError(f"{name} never became ready in {timeout} s: {state()}") from None
     if task.done():
         task.result()
+
+
+async def bridge_converged(bridge: Any, task: "asyncio.Task[None]", timeout: float = 20.0) -> None:
+    """Wait for the bridge's first convergence (reading every shard's retained presence)."""
+    await ready_or_raise(task, bridge.converged.is_set, "bridge", timeout, lambda: bridge_whereabouts(bridge))

@@ -29,7 +29,7 @@ from core.settings import Settings
 from core.status import DerivedStatus, OfflineReason
 from core.timeline import Point, disconnected_seconds_by_day, intervals
 from stack.platform import settings_env
-from tests.helpers import wait_until
+from tests.helpers import ready_or_raise, wait_until
 
 D = OfflineReason.DISCONNECTED
 
@@ -53,9 +53,7 @@ async def add_restaurant(
 async def running(settings: Settings, **overrides: Any) -> AsyncIterator[Aggregator]:
     aggregator = Aggregator(settings.model_copy(update={"aggregator_metrics_port": -1, **overrides}))
     task = asyncio.create_task(aggregator.run())
-    await wait_until(lambda: aggregator.ready.is_set() or task.done(), timeout=30, message="aggregator never ready")
-    if task.done():
-        await task
+    await ready_or_raise(task, aggregator.ready.is_set, "aggregator", 30)
     try:
         yield aggregator
     finally:

@@ -29,7 +29,7 @@ from feed.documents import DashboardStatus
 from feed.regroup import Regrouper
 from feed.stream import FeedStream
 from stack.platform import settings_env
-from tests.helpers import wait_until
+from tests.helpers import ready_or_raise, wait_until
 
 
 @asynccontextmanager
@@ -37,9 +37,7 @@ async def running_feed(settings: Settings) -> AsyncIterator[FeedConsumer]:
     consumer = FeedConsumer(settings.model_copy(update={"feed_metrics_port": -1}))
     task = asyncio.create_task(consumer.run())
     try:
-        await wait_until(lambda: consumer.ready.is_set() or task.done(), 20, message="feed never consumed")
-        if task.done():
-            task.result()
+        await ready_or_raise(task, consumer.ready.is_set, "feed", 20)
         yield consumer
     finally:
         consumer.request_stop()

@@ -37,7 +37,7 @@ from scheduler.retry import Retrier
 from scheduler.status_publisher import StatusPublisher
 from scheduler.worker import Scheduler
 from tests.devices import ALWAYS_OPEN, EventTap, StatusWatcher, make_restaurant, outbox_empty, settle_time
-from tests.helpers import wait_until
+from tests.helpers import ready_or_raise, wait_until
 from tests.tcp_cut import CuttableRelay
 
 FAST = {
@@ -77,9 +77,7 @@ async def running(settings: Settings, instance: str | None = None) -> AsyncItera
     scheduler = Scheduler(settings, instance)
     task = asyncio.create_task(scheduler.run())
     try:
-        await wait_until(lambda: scheduler.rebuilt.is_set() or task.done(), 30, message="scheduler never rebuilt")
-        if task.done():
-            task.result()
+        await ready_or_raise(task, scheduler.rebuilt.is_set, "scheduler", 30)
         yield scheduler
     finally:
         scheduler.request_stop()
