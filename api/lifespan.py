@@ -1,5 +1,6 @@
 """The app's resources: opened in order at start-up, closed in reverse at shutdown, kept on `app.state`."""
 
+import asyncio
 import gc
 import logging
 from collections.abc import AsyncIterator
@@ -10,6 +11,7 @@ from fastapi import FastAPI
 from redis.asyncio import Redis
 
 from api.dashboard_hub import DashboardHub
+from api.metrics import ViewCacheCollector
 from core.amqp import EventPublisher, connect_robust
 from core.clock_queue import ClockQueue
 from core.db import open_mongo
@@ -17,6 +19,7 @@ from core.presence_store import PresenceStore
 from core.restaurant_admin import RestaurantAdmin
 from core.settings import Settings
 from core.status_service import StatusService
+from core.task_stop import cancel_and_wait
 from core.unavailabilities import UnavailabilityLimits, UnavailabilityService
 from feed.regroup import Regrouper
 
@@ -48,7 +51,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.amqp = amqp
         store = PresenceStore(redis, settings.redis_prefix)
         clock = ClockQueue(redis, settings.redis_prefix)
-        app.state.status_service = StatusService(store, timedelta(seconds=settings.stale_after_s))
+        app.state.status_service = service = StatusService(store, timedelta(seconds=settings.stale_after_s))
+        # The copy of the status views' facts (core/view_cache.py), tracked for as long as the app runs.
+        copy = asyncio.create_task(service.views.cache.run(), name="view-cache")
+        stack.push_async_callback(cancel_and_wait, [copy])
+        app.state.metrics.registry.register(ViewCacheCollector(service.views.cache))
         app.state.events = events
         app.state.unavailabilities = UnavailabilityService(
             store, clock, events, UnavailabilityLimits.from_settings(settings), settings.event_publish_timeout_s

@@ -1,10 +1,15 @@
 """Prometheus metrics of one app, in its own registry so several apps can live in one process."""
 
 import time
+from collections.abc import Iterator
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from core.view_cache import ViewCache
 
 # A path that matched no route is counted under one label: raw paths would explode cardinality.
 UNMATCHED = "<unmatched>"
@@ -83,3 +88,24 @@ def install_metrics(app: FastAPI) -> ApiMetrics:
     app.state.metrics = metrics
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return metrics
+
+
+class ViewCacheCollector(Collector):
+    """The API's copy of status views' facts (core/view_cache.py), read when scraped."""
+
+    def __init__(self, cache: ViewCache) -> None:
+        self.cache = cache
+
+    def collect(self) -> Iterator[Metric]:
+        c = self.cache
+        counters = (
+            ("hits", c.hits, "statuses whose view facts came from the copy"),
+            ("fills", c.fills, "view facts read from Redis and kept"),
+            ("invalidated", c.invalidated, "view facts dropped because Redis reported a change"),
+            ("resets", c.resets, "times tracking ended and the copy was emptied"),
+            ("sync_timeouts", c.sync_timeouts, "batches that read Redis because the copy's PING was late"),
+        )
+        for name, value, text in counters:
+            yield CounterMetricFamily(f"presence_api_view_cache_{name}", text, value=value)
+        yield GaugeMetricFamily("presence_api_view_cache_entries", "restaurants in the copy", value=len(c))
+        yield GaugeMetricFamily("presence_api_view_cache_tracking", "1 while the copy is kept", value=int(c.tracking))

@@ -13,16 +13,15 @@ status the status it just derived, with what it depends on (`view_of`):
 - `wj`, the status JSON with a NUL (never in JSON text) for `last_seen`, which heartbeats move and
   the reader fills in from the devices' `l:` fields.
 
-`read_views.lua` serves a view only when all of that holds at the reader's instant, so a view is never
-a cache that can go stale: every other restaurant of the batch is derived as before. A view is not
+A view is served only when all of that holds at the reader's instant (`ViewFacts.serve`), so a view is
+never a cache that can go stale: every other restaurant of the batch is derived as before. The API keeps
+a copy of the views' facts (core/view_cache.py), dropped whenever Redis reports their hash changed. A view is not
 written where `until` is unknown or a search limit (hours open past the 8 days looked at): there the
 status still changes with the clock alone.
 """
 
-import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from functools import lru_cache
 
 from pydantic import TypeAdapter
 
@@ -36,12 +35,12 @@ from core.status import (
     next_unavailability_start,
     unavailable_until,
 )
+from core.view_cache import MISSING, ViewCache
+from core.view_facts import MOVING, SEEN, ViewFacts, parse_facts
 
 SPLIT_AT = ',"devices_connected":'
 LAST_SEEN = ',"last_seen":'
 UNTIL = '"until":'
-SEEN = "\0"  # where the reader writes last_seen (NUL is never in JSON text)
-MOVING = "\1"  # where the reader writes until = now + SEARCH (hours open all week)
 NEVER_CLOSES = SEARCH + timedelta(days=1)  # weekly hours with no closing in 9 days have none at all
 _UNTIL_JSON = TypeAdapter(datetime)
 
@@ -101,40 +100,36 @@ def view_of(
     return meta, f"{head}{UNTIL}{MOVING if moving else until}{LAST_SEEN}{SEEN}{tail}"
 
 
-@lru_cache(maxsize=4096)
-def _second(seconds: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
-
-
-def iso_ms(ms: int) -> str:
-    """`datetime` from epoch milliseconds as pydantic writes it in JSON (no fraction on a whole second)."""
-    seconds, rest = divmod(ms, 1000)
-    return f'"{_second(seconds)}.{rest:03d}000Z"' if rest else f'"{_second(seconds)}Z"'
-
-
 class StatusViews:
-    """Reads the views of a batch in one script call; the caller derives the others."""
+    """Reads the views of a batch, from the API's copy where it holds them (core/view_cache.py), else
+    in one script call; whether each still stands is decided here, at the reader's instant."""
 
     def __init__(self, store: PresenceStore, window: timedelta) -> None:
         self.store = store
         self.window_us = window // timedelta(microseconds=1)
-        self._read = load_script(store.redis, "read_views.lua")
+        self._read = load_script(store.redis, "view_facts.lua")
+        # Off until the API runs it (`cache.run()`): the bridge and the scheduler only write views.
+        self.cache = ViewCache(store.redis, store.key(""))
 
     async def read(self, restaurant_ids: Sequence[str], now: datetime) -> list[str | None]:
         """Each id's status JSON as it would be derived at `now`, or None where it must be derived."""
         if not restaurant_ids:
             return []
-        # Ids are checked (A-Z a-z 0-9 _ -) before they get here: a newline cannot be one of them.
-        reply = await self._read(keys=[], args=[micros(now), self.window_us, self.store.key(""),
-                                                "\n".join(restaurant_ids)])  # fmt: skip
+        cache = self.cache
+        facts = cache.lookup(restaurant_ids) if await cache.synced() else [MISSING] * len(restaurant_ids)
+        missing = [rid for rid, fact in zip(restaurant_ids, facts, strict=True) if fact is MISSING]
+        if missing:
+            ticket = cache.expect(missing)
+            # Ids are checked (A-Z a-z 0-9 _ -) before they get here: a newline cannot be one of them.
+            reply = await self._read(keys=[], args=[self.store.key(""), "\n".join(missing)])
+            read = [parse_facts(*reply[i : i + 3]) for i in range(0, len(reply), 3)]
+            cache.keep(ticket, missing, read)
+            answers = iter(read)
+            facts = [next(answers) if fact is MISSING else fact for fact in facts]
+        now_us, window_us = micros(now), self.window_us
         moving = _UNTIL_JSON.dump_json(now + SEARCH).decode()  # as DerivedStatus writes it
         out: list[str | None] = []
-        for i in range(0, len(reply), 2):
-            text = reply[i]
-            if text is None:
-                out.append(None)
-            else:
-                seen = reply[i + 1]
-                text = text.replace(SEEN, iso_ms(int(seen)) if seen else "null", 1)
-                out.append(text.replace(MOVING, moving, 1) if MOVING in text else text)
+        for fact in facts:
+            text = fact.serve(now_us, window_us) if isinstance(fact, ViewFacts) else None
+            out.append(text.replace(MOVING, moving, 1) if text is not None and MOVING in text else text)
         return out

@@ -22,7 +22,7 @@ from fastapi import FastAPI
 from core.settings import Settings
 from stack.backends import BackendPorts, Backends
 from stack.process import port_accepts
-from tests.helpers import BROKERS
+from tests.helpers import BROKERS, wait_until
 
 PLATFORM_USER = "platform"
 
@@ -157,4 +157,7 @@ async def app(settings: Settings) -> AsyncIterator[FastAPI]:
 
     api = create_app(settings)
     async with api.router.lifespan_context(api):
+        # Status reads go through the API's copy of the views' facts from the first request on.
+        copy = api.state.status_service.views.cache
+        await wait_until(lambda: copy.tracking, message="the status view copy never started tracking")
         yield api

@@ -3,8 +3,13 @@
 import asyncio
 import inspect
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
+
+from core.status_service import StatusService
+from core.task_stop import cancel_and_wait
+from core.view_cache import ViewCache
 
 BROKERS = ("mosquitto", "amqtt")  # the brokers that keep the device contract (tests/conftest.py broker_url)
 
@@ -59,3 +64,15 @@ async def ready_or_raise(
 async def bridge_converged(bridge: Any, task: "asyncio.Task[None]", timeout: float = 20.0) -> None:
     """Wait for the bridge's first convergence (reading every shard's retained presence)."""
     await ready_or_raise(task, bridge.converged.is_set, "bridge", timeout, lambda: bridge_whereabouts(bridge))
+
+
+@asynccontextmanager
+async def view_copy(service: StatusService) -> AsyncIterator[ViewCache]:
+    """The API's copy of the status views' facts (core/view_cache.py), tracking, for the block's length."""
+    copy = service.views.cache
+    task = asyncio.create_task(copy.run())
+    try:
+        await ready_or_raise(task, lambda: copy.tracking, "the status view copy", 10.0)
+        yield copy
+    finally:
+        await cancel_and_wait([task])

@@ -165,6 +165,22 @@ async def test_batch_answers_from_views_and_derivation_alike(
             ) == in_batch.model_dump(exclude={"until"})
         assert after[source] - before[source] == 1, source
 
+    # The views' facts came from the API's copy after the first read (core/view_cache.py); a will
+    # written by someone else (a bridge) is in the very next answer all the same.
+    scraped = (await client.get("/metrics")).text
+    assert "presence_api_view_cache_tracking 1.0" in scraped
+    assert _metric(scraped, "presence_api_view_cache_hits_total") >= 1
+    await will(store, "v-settled")
+    await service.settle("v-settled")
+    again = await client.get("/restaurants/v-settled/status")
+    gone = DerivedStatus.model_validate_json(again.content)
+    assert (gone.online, gone.devices_connected) == (False, 0)
+
+
+def _metric(metrics: str, name: str) -> float:
+    found = re.search(rf"^{name} (\S+)$", metrics, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
 
 def _statuses_counted(metrics: str) -> dict[str, float]:
     found = re.findall(r'^presence_api_statuses_total\{source="(\w+)"\} (\S+)$', metrics, re.MULTILINE)

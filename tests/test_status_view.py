@@ -19,8 +19,9 @@ from core.settings import Settings
 from core.status import DerivedStatus, OfflineReason, Unavailability, UnavailabilityReason
 from core.status_codec import profile_json
 from core.status_service import StatusService
-from core.status_view import iso_ms
+from core.view_facts import iso_ms
 from tests.devices import ALWAYS_CLOSED, ALWAYS_OPEN
+from tests.helpers import view_copy
 
 WINDOW = timedelta(seconds=60)
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)  # a Monday, noon
@@ -33,11 +34,19 @@ def ms(at: datetime) -> int:
     return int(at.timestamp() * 1000)
 
 
-@pytest.fixture
-async def service(settings: Settings) -> AsyncIterator[StatusService]:
+@pytest.fixture(params=["redis", "copy"])
+async def service(settings: Settings, request: pytest.FixtureRequest) -> AsyncIterator[StatusService]:
+    """Views read from Redis each time, or through the API's copy of their facts (core/view_cache.py)."""
     redis = Redis.from_url(settings.redis_url, decode_responses=True)
-    yield StatusService(PresenceStore(redis, settings.redis_prefix), WINDOW)
-    await redis.aclose()
+    service = StatusService(PresenceStore(redis, settings.redis_prefix), WINDOW)
+    try:
+        if request.param == "copy":
+            async with view_copy(service):
+                yield service
+        else:
+            yield service
+    finally:
+        await redis.aclose()
 
 
 async def presence(store: PresenceStore, rid: str, did: str, epoch: int, state: DeviceState, at: datetime) -> None:
@@ -191,39 +200,43 @@ def test_a_view_served_is_always_the_status_derived_at_that_instant(settings: Se
 
 
 async def _replay(settings: Settings, scenario: Scenario) -> None:
-    hours, zone, first, second = scenario.hours, scenario.zone, scenario.first, scenario.second
-    steps, reads = scenario.steps, scenario.reads
     redis = Redis.from_url(settings.redis_url, decode_responses=True)
     service = StatusService(PresenceStore(redis, settings.redis_prefix), WINDOW)
+    try:
+        async with view_copy(service):  # as the API reads them
+            await _steps(service, f"view-prop-{next(_rids)}", scenario)
+    finally:
+        await redis.aclose()
+
+
+async def _steps(service: StatusService, rid: str, scenario: Scenario) -> None:
+    hours, zone, first, second = scenario.hours, scenario.zone, scenario.first, scenario.second
+    steps, reads = scenario.steps, scenario.reads
     store = service.store
-    rid = f"view-prop-{next(_rids)}"
     profiles = [profile_json("A", zone, hours, first), profile_json("A", zone, hours, second)]
     await store.set_profiles({rid: profiles[0]})
     now = T0
-    try:
-        for i, step in enumerate(steps):
-            now += timedelta(seconds=step.after_s, milliseconds=i)
-            if step.action in ("birth", "stop"):
-                state = DeviceState.ONLINE if step.action == "birth" else DeviceState.OFFLINE
-                await presence(store, rid, step.device, step.epoch, state, now)
-            elif step.action == "beat":
-                await store.heartbeats([(rid, step.device, step.epoch)], at_ms=ms(now), window_ms=60_000)
-            elif step.action == "settle":
-                await service.settle(rid, now=now + timedelta(seconds=step.ahead_s))
-            elif step.action == "sweep":
-                cutoff = ms(now - WINDOW)
-                stale = [(r, d, score, Event(type=EventType.DEVICE_OFFLINE, restaurant_id=r, device_id=d))
-                         for r, d, score in await store.stale_candidates(cutoff) if r == rid]  # fmt: skip
-                await store.mark_stale(stale, cutoff)
-            else:
-                await store.set_profiles({rid: profiles[i % 2]})
-            for offset in reads:
-                at = now + timedelta(seconds=offset)
-                view = await served(service, rid, at)
-                if view is not None:
-                    assert view == await derived(service, rid, at), f"step {i} {step}, read at {offset:+} s"
-    finally:
-        await redis.aclose()
+    for i, step in enumerate(steps):
+        now += timedelta(seconds=step.after_s, milliseconds=i)
+        if step.action in ("birth", "stop"):
+            state = DeviceState.ONLINE if step.action == "birth" else DeviceState.OFFLINE
+            await presence(store, rid, step.device, step.epoch, state, now)
+        elif step.action == "beat":
+            await store.heartbeats([(rid, step.device, step.epoch)], at_ms=ms(now), window_ms=60_000)
+        elif step.action == "settle":
+            await service.settle(rid, now=now + timedelta(seconds=step.ahead_s))
+        elif step.action == "sweep":
+            cutoff = ms(now - WINDOW)
+            stale = [(r, d, score, Event(type=EventType.DEVICE_OFFLINE, restaurant_id=r, device_id=d))
+                     for r, d, score in await store.stale_candidates(cutoff) if r == rid]  # fmt: skip
+            await store.mark_stale(stale, cutoff)
+        else:
+            await store.set_profiles({rid: profiles[i % 2]})
+        for offset in reads:
+            at = now + timedelta(seconds=offset)
+            view = await served(service, rid, at)
+            if view is not None:
+                assert view == await derived(service, rid, at), f"step {i} {step}, read at {offset:+} s"
 
 
 def test_last_seen_is_written_as_pydantic_writes_it() -> None:
