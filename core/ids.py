@@ -8,7 +8,8 @@ from typing import Literal
 from core.errors import InvalidMessage
 
 ID_PATTERN = r"[A-Za-z0-9_-]{1,64}"
-_ID = re.compile(rf"^{ID_PATTERN}$")
+_ID = re.compile(ID_PATTERN)
+_IDS = re.compile(rf"{ID_PATTERN}(?:\n{ID_PATTERN})*")  # ids one per line: a batch checked in one call
 _DEVICE_TOPIC = re.compile(rf"^restaurants/({ID_PATTERN})/devices/({ID_PATTERN})/(presence|heartbeat)$")
 
 _STATUS_TOPIC = re.compile(rf"^restaurants/({ID_PATTERN})/status$")
@@ -21,7 +22,14 @@ Kind = Literal["presence", "heartbeat"]
 
 
 def is_valid_id(value: str) -> bool:
-    return bool(_ID.match(value))
+    return _ID.fullmatch(value) is not None  # fullmatch: `$` would let a trailing newline through
+
+
+def ids_are_valid(values: list[str]) -> bool:
+    """Whether every one is an id (and there is one at least): one regex call for a whole batch."""
+    lines = "\n".join(values)
+    # A value holding a newline would pass as two ids: the count of lines says it is not.
+    return _IDS.fullmatch(lines) is not None and lines.count("\n") == len(values) - 1
 
 
 def presence_topic(restaurant_id: str, device_id: str) -> str:

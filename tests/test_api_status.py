@@ -213,6 +213,11 @@ async def test_batch_limits_and_invalid_ids_are_422(client: httpx.AsyncClient, s
     assert error["loc"] == ["body", "ids"]
     assert "'no way', 'a/b'" in error["msg"]
     assert "ok-1" not in error["msg"]
+    # Newlines: at the end of an id (which `$` once let through), or inside one (two ids, once joined).
+    for wrong in ("ok-1\n", "ok-1\nok-2"):
+        bad = await client.post("/restaurants/status/query", json={"ids": ["ok-3", wrong]})
+        assert bad.status_code == 422, wrong
+        assert repr(wrong) in bad.json()["detail"][0]["msg"]
 
 
 async def test_full_batch_at_the_limit(client: httpx.AsyncClient, settings: Settings, store: PresenceStore) -> None:

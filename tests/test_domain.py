@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from core.errors import InvalidMessage
 from core.hours import DayHours, OpeningHours, open_intervals, opening_at
-from core.ids import parse_device_topic
+from core.ids import ids_are_valid, is_valid_id, parse_device_topic
 from core.messages import MAX_EPOCH, DeviceState, heartbeat_fields, parse_heartbeat, parse_presence
 from core.status import DeviceFact, OfflineReason, RestaurantRules, Unavailability, UnavailabilityReason, derive_status
 
@@ -85,6 +85,18 @@ def test_presence_payloads() -> None:
 def test_bad_topics(topic: str) -> None:
     with pytest.raises(InvalidMessage):
         parse_device_topic(topic)
+
+
+@pytest.mark.parametrize("value", ["a\n", "a\nb", "", "a" * 65, "a b", "é", "a/b", "\n"])
+def test_bad_ids(value: str) -> None:
+    # A trailing newline once passed: `$` also matches before a final "\n".
+    assert not is_valid_id(value)
+    assert not ids_are_valid([value]) and not ids_are_valid(["good", value])
+
+
+def test_good_ids() -> None:
+    assert is_valid_id("a") and is_valid_id("A-z_09" * 10 + "abcd")
+    assert ids_are_valid(["a", "b-1", "C_2"]) and not ids_are_valid([])
 
 
 def test_default_hours_in_sao_paulo() -> None:

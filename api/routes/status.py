@@ -11,7 +11,7 @@ from api.deps import AUTH_ERRORS, CurrentPrincipal, MetricsDep, SettingsDep, Sta
 from api.metrics import ApiMetrics
 from api.models import RestaurantId, StatusBatch, StatusQuery
 from api.security import Principal
-from core.ids import is_valid_id
+from core.ids import ids_are_valid, is_valid_id
 from core.messages import utc_now
 from core.status import DerivedStatus
 from core.status_service import StatusService
@@ -34,8 +34,8 @@ def checked_ids(raw: Iterable[str], loc: tuple[str, ...], limit: int) -> list[st
         raise _invalid(loc, "at least one restaurant id is needed")
     if len(ids) > limit:
         raise _invalid(loc, f"at most {limit} restaurant ids per request, got {len(ids)}")
-    bad = [rid for rid in ids if not is_valid_id(rid)]
-    if bad:
+    if not ids_are_valid(ids):
+        bad = [rid for rid in ids if not is_valid_id(rid)]
         shown = ", ".join(repr(rid[:80]) for rid in bad[:SHOWN_INVALID])
         more = f" and {len(bad) - SHOWN_INVALID} more" if len(bad) > SHOWN_INVALID else ""
         raise _invalid(loc, f"invalid restaurant ids (1-64 characters of A-Z a-z 0-9 _ -): {shown}{more}")
