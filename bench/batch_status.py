@@ -128,6 +128,8 @@ def batch_status_rows(r: BatchStatusResult) -> list[Row]:
         Row("status", "  statuses served, API CPU", f"{rate:,.0f} ids/s",
             f"API {r.api_cpu_s / max(r.wall_s, 1e-9):.2f} cores ({r.api_cpu_s:.1f} s CPU in {r.wall_s:.1f} s)"),
         Row("status", "  one client alone", dist_ms(b.one_client_ms, 1), "same request, nobody else asking"),
+        Row("status", f"  first reading of every id, {b.ids_per_request:,} at a time", dist_ms(b.first_pass_ms, 1),
+            "the API's copy of the views filling (core/view_cache.py)"),
         Row("status", "  statuses standing as views at the start", f"{r.views:,} of {r.restaurants:,}",
             "the others derived on every read"),
         Row("status", f"  baseline: {b.ids_per_request:,} single GETs", dist_ms(b.single_get_ms, 1),

@@ -429,7 +429,8 @@ def scale_rows(r: ScaleResult) -> list[Row]:
             "scale", f"batch status: {b.ids_per_request:,} ids, {b.clients} concurrent clients",
             dist_ms(b.latencies_ms),
             f"goal p99 ≤ 20 ms; {len(b.latencies_ms) * b.ids_per_request / max(b.seconds, 1e-9):,.0f} ids/s; "
-            f"alone {dist_ms(b.one_client_ms)}; baseline {b.ids_per_request:,} single GETs {dist_ms(b.single_get_ms)}",
+            f"alone {dist_ms(b.one_client_ms)}; baseline {b.ids_per_request:,} single GETs {dist_ms(b.single_get_ms)}; "
+            f"first reading of every id {dist_ms(b.first_pass_ms)}",
             verdict(bool(b.latencies_ms) and percentile(b.latencies_ms, 99) <= 20,
                      f"{b.wrong_answers} wrong, {len(b.errors)} errors"),
         ))  # fmt: skip
