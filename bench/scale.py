@@ -357,6 +357,9 @@ def steady(result: ScaleResult, settings: Settings, redis: Redis, fleet: SimFlee
         result.bridge_main_thread_cores = (thread_cpu(bridge.pid).get(bridge.pid, 0.0) - main0) / span
         result.heartbeat_rate = (scrape(settings.bridge_metrics_port).get(HEARTBEATS, 0.0) - hb0) / span
         result.cores = {name: (v - cpu0[name]) / span for name, v in cpu_of(pids).items()}
+    except BaseException:
+        runner.halt.set()  # interrupted (SIGTERM, a simulator died): the probes stop now, not in 3 × 3 min
+        raise
     finally:
         for thread in threads:
             thread.join(config.window_s + 60)
