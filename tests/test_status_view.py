@@ -12,6 +12,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
+from core.history_store import to_ms
 from core.hours import SEARCH, DayHours, OpeningHours
 from core.messages import DeviceState, Event, EventType
 from core.presence_store import PresenceStore, from_ms
@@ -28,10 +29,6 @@ T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)  # a Monday, noon
 OVERNIGHT = OpeningHours(**{day: DayHours(open="18:00", close="02:00") for day in OpeningHours.model_fields})
 WEEKDAYS = OpeningHours(sat=None, sun=None)
 _rids = itertools.count()
-
-
-def ms(at: datetime) -> int:
-    return int(at.timestamp() * 1000)
 
 
 @pytest.fixture(params=["redis", "copy"])
@@ -52,7 +49,7 @@ async def service(settings: Settings, request: pytest.FixtureRequest) -> AsyncIt
 async def presence(store: PresenceStore, rid: str, did: str, epoch: int, state: DeviceState, at: datetime) -> None:
     kind = EventType.DEVICE_ONLINE if state is DeviceState.ONLINE else EventType.DEVICE_OFFLINE
     event = Event(type=kind, restaurant_id=rid, device_id=did, data={"epoch": epoch})
-    await store.apply_presence([(rid, did, epoch, state, event)], at_ms=ms(at))
+    await store.apply_presence([(rid, did, epoch, state, event)], at_ms=to_ms(at))
 
 
 async def derived(service: StatusService, rid: str, at: datetime) -> str:
@@ -73,7 +70,7 @@ async def test_a_settled_restaurant_is_served_as_derived_with_its_newest_heartbe
 
     later = T0 + timedelta(seconds=10)
     assert await served(service, rid, later) == await derived(service, rid, later)
-    await store.heartbeats([(rid, "tablet", 1)], at_ms=ms(T0 + timedelta(seconds=30)), window_ms=60_000)
+    await store.heartbeats([(rid, "tablet", 1)], at_ms=to_ms(T0 + timedelta(seconds=30)), window_ms=60_000)
     heard = T0 + timedelta(seconds=40)
     view = await served(service, rid, heard)
     assert view == await derived(service, rid, heard)
@@ -87,7 +84,7 @@ async def test_a_settled_restaurant_is_served_as_derived_with_its_newest_heartbe
     assert await served(service, rid, silent) is None
     assert DerivedStatus.model_validate_json(await derived(service, rid, silent)).reason is OfflineReason.DISCONNECTED
     # Nor past the closing at 23:00, nor before the instant it was derived at.
-    await store.heartbeats([(rid, "tablet", 1)], at_ms=ms(T0 + timedelta(hours=10)), window_ms=60_000)
+    await store.heartbeats([(rid, "tablet", 1)], at_ms=to_ms(T0 + timedelta(hours=10)), window_ms=60_000)
     assert await served(service, rid, T0 + timedelta(hours=10)) is None, "a heartbeat after a lapse is a transition"
     await service.settle(rid, now=T0 + timedelta(hours=10))
     assert await served(service, rid, T0 + timedelta(hours=10, seconds=1)) is not None
@@ -127,7 +124,7 @@ async def test_open_all_week_is_served_with_until_moving_with_the_clock(service:
     await service.settle(rid, now=T0)
     for offset in (timedelta(seconds=1), timedelta(seconds=59), timedelta(days=2) - timedelta(microseconds=1)):
         heard = T0 + offset - timedelta(seconds=1)
-        await store.heartbeats([(rid, "tablet", 1)], at_ms=ms(heard), window_ms=60_000)
+        await store.heartbeats([(rid, "tablet", 1)], at_ms=to_ms(heard), window_ms=60_000)
         await service.settle(rid, now=heard)  # as the bridge does after a heartbeat that ends a lapse
         view = await served(service, rid, T0 + offset)
         assert view == await derived(service, rid, T0 + offset)
@@ -222,11 +219,11 @@ async def _steps(service: StatusService, rid: str, scenario: Scenario) -> None:
             state = DeviceState.ONLINE if step.action == "birth" else DeviceState.OFFLINE
             await presence(store, rid, step.device, step.epoch, state, now)
         elif step.action == "beat":
-            await store.heartbeats([(rid, step.device, step.epoch)], at_ms=ms(now), window_ms=60_000)
+            await store.heartbeats([(rid, step.device, step.epoch)], at_ms=to_ms(now), window_ms=60_000)
         elif step.action == "settle":
             await service.settle(rid, now=now + timedelta(seconds=step.ahead_s))
         elif step.action == "sweep":
-            cutoff = ms(now - WINDOW)
+            cutoff = to_ms(now - WINDOW)
             stale = [(r, d, score, Event(type=EventType.DEVICE_OFFLINE, restaurant_id=r, device_id=d))
                      for r, d, score in await store.stale_candidates(cutoff) if r == rid]  # fmt: skip
             await store.mark_stale(stale, cutoff)

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from redis.asyncio import Redis
 
+from core.history_store import to_ms
 from core.hours import OpeningHours
 from core.messages import DeviceState, Event, EventType
 from core.presence_store import PresenceStore
@@ -19,10 +20,6 @@ from tests.helpers import view_copy, wait_until
 
 WINDOW = timedelta(seconds=60)
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)  # a Monday, noon: open (10:00-23:00 UTC)
-
-
-def ms(at: datetime) -> int:
-    return int(at.timestamp() * 1000)
 
 
 @pytest.fixture
@@ -50,7 +47,7 @@ async def writer(settings: Settings) -> AsyncIterator[PresenceStore]:
 
 async def online(store: PresenceStore, rid: str, at: datetime) -> None:
     event = Event(type=EventType.DEVICE_ONLINE, restaurant_id=rid, device_id="tablet", data={"epoch": 1})
-    await store.apply_presence([(rid, "tablet", 1, DeviceState.ONLINE, event)], at_ms=ms(at))
+    await store.apply_presence([(rid, "tablet", 1, DeviceState.ONLINE, event)], at_ms=to_ms(at))
 
 
 async def settled_restaurant(api: StatusService, rid: str) -> None:
@@ -80,7 +77,7 @@ async def test_the_copy_serves_views_and_a_change_elsewhere_is_seen_by_the_next_
     # PING before the read having brought in Redis's invalidation of the restaurant first.
     for n in range(1, 31):
         beat = T0 + timedelta(seconds=n)
-        await writer.heartbeats([(rid, "tablet", 1)], at_ms=ms(beat), window_ms=60_000)
+        await writer.heartbeats([(rid, "tablet", 1)], at_ms=to_ms(beat), window_ms=60_000)
         status = await status_at(api, rid, beat + timedelta(milliseconds=500))
         assert status is not None and status.last_seen == beat, f"heartbeat {n}"
         assert await status_at(api, rid, beat + timedelta(milliseconds=600)) == status
@@ -88,9 +85,10 @@ async def test_the_copy_serves_views_and_a_change_elsewhere_is_seen_by_the_next_
 
     # A will from elsewhere retires the view at once: nothing stands until the next settle.
     event = Event(type=EventType.DEVICE_OFFLINE, restaurant_id=rid, device_id="tablet", data={"epoch": 1})
-    await writer.apply_presence([(rid, "tablet", 1, DeviceState.OFFLINE, event)], at_ms=ms(T0 + timedelta(minutes=1)))
-    assert await status_at(api, rid, T0 + timedelta(minutes=1, seconds=1)) is None
-    await StatusService(writer, WINDOW).settle(rid, now=T0 + timedelta(minutes=1))
+    gone = T0 + timedelta(minutes=1)
+    await writer.apply_presence([(rid, "tablet", 1, DeviceState.OFFLINE, event)], at_ms=to_ms(gone))
+    assert await status_at(api, rid, gone + timedelta(seconds=1)) is None
+    await StatusService(writer, WINDOW).settle(rid, now=gone)
     after = await status_at(api, rid, T0 + timedelta(minutes=1, seconds=1))
     assert after is not None and not after.online
 
@@ -106,7 +104,7 @@ async def test_a_read_answered_after_a_change_of_its_restaurant_is_not_kept(
     assert facts is not None
 
     ticket = copy.expect([rid])  # the read is sent ...
-    await writer.heartbeats([(rid, "tablet", 1)], at_ms=ms(T0 + timedelta(seconds=5)), window_ms=60_000)
+    await writer.heartbeats([(rid, "tablet", 1)], at_ms=to_ms(T0 + timedelta(seconds=5)), window_ms=60_000)
     assert await copy.synced()  # ... and the change reaches the copy before the read's answer
     copy.keep(ticket, [rid], [facts])
     assert copy.lookup([rid]) == [MISSING], "an answer older than a change it crossed was kept"
@@ -138,7 +136,7 @@ async def test_when_a_connection_of_the_copy_ends_it_empties_and_tracks_again(
     # Tracking again: filled anew, and a change still reaches it.
     await status_at(api, rid, T0 + timedelta(seconds=2))
     assert len(copy) == 1
-    await writer.heartbeats([(rid, "tablet", 1)], at_ms=ms(T0 + timedelta(seconds=3)), window_ms=60_000)
+    await writer.heartbeats([(rid, "tablet", 1)], at_ms=to_ms(T0 + timedelta(seconds=3)), window_ms=60_000)
     status = await status_at(api, rid, T0 + timedelta(seconds=4))
     assert status is not None and status.last_seen == T0 + timedelta(seconds=3)
 
