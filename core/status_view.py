@@ -129,7 +129,13 @@ class StatusViews:
         now_us, window_us = micros(now), self.window_us
         moving = _UNTIL_JSON.dump_json(now + SEARCH).decode()  # as DerivedStatus writes it
         out: list[str | None] = []
+        append = out.append
         for fact in facts:
-            text = fact.serve(now_us, window_us) if isinstance(fact, ViewFacts) else None
-            out.append(text.replace(MOVING, moving, 1) if text is not None and MOVING in text else text)
+            if not isinstance(fact, ViewFacts):
+                append(None)
+            elif fact.lo <= now_us < fact.hi and fact.window == window_us:  # ViewFacts.serve's first test
+                append(fact.shown.replace(MOVING, moving, 1) if fact.moving else fact.shown)
+            else:
+                text = fact.serve(now_us, window_us)
+                append(text.replace(MOVING, moving, 1) if text is not None and MOVING in text else text)
         return out

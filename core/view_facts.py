@@ -3,6 +3,10 @@
 Pure: the facts come from `view_facts.lua` (one call for a batch) or from the API's copy of them
 (core/view_cache.py), and `serve` tells, at the reader's instant, whether the view is still the status
 a derivation would give (core/status_view.py says what a view is and why it stands).
+
+The copy asks a view for its status a million times a second at the goal's load, so each view works
+out once, when it is parsed, the stretch of time (`lo`, `hi`) over which its answer is one and the same
+text (`shown`): a reader inside it needs two comparisons, and `serve` decides everything else.
 """
 
 import time
@@ -24,6 +28,10 @@ def iso_ms(ms: int) -> str:
     return f'"{_second(seconds)}.{rest:03d}000Z"' if rest else f'"{_second(seconds)}Z"'
 
 
+def _filled(text: str, last: int) -> str:
+    return text.replace(SEEN, iso_ms(last // 1000) if last >= 0 else "null", 1)
+
+
 @dataclass(slots=True, eq=False)
 class ViewFacts:
     """One restaurant's view (meta `w` parsed, JSON `wj`) and the last seen of the devices it names.
@@ -39,10 +47,37 @@ class ViewFacts:
     lapsed: int
     seen_us: tuple[int | None, ...]  # in the order of the meta's device list
     text: str  # the status JSON with SEEN for last_seen (and MOVING for a moving until)
+    # From `lo` to `hi` (µs; empty when lo >= hi) the view stands for its own window and `serve` gives
+    # `shown`: each connected device still heard, each lapsed one not yet, no stamp between lo and now.
+    lo: int = field(default=0, init=False)
+    hi: int = field(default=0, init=False)
+    shown: str = field(default="", init=False)
+    moving: bool = field(default=False, init=False)  # `shown` holds MOVING, for the reader to fill in
     _filled: tuple[int, str] = field(default=(-2, ""), init=False)  # (last seen µs, the text with it)
+
+    def __post_init__(self) -> None:
+        lo, hi = self.t0, self.till
+        for i, at in enumerate(self.seen_us):
+            if i < self.connected:  # heard while now - at < window
+                hi = min(hi, at + self.window) if at is not None else lo
+            elif i < self.connected + self.lapsed and at is not None:  # not heard once now - at >= window
+                lo = max(lo, at + self.window)
+        stamps = [at for at in self.seen_us if at is not None]
+        # A stamp ahead of the reader's clock is not shown yet: the stretch ends at the first one past lo.
+        hi = min([hi, *(at for at in stamps if at > lo)])
+        self.lo, self.hi = lo, hi
+        if lo < hi:
+            self.shown = _filled(self.text, max([-1, *(at for at in stamps if at <= lo)]))
+            self.moving = MOVING in self.shown
 
     def serve(self, now_us: int, window_us: int) -> str | None:
         """The status JSON at `now_us` (MOVING still in it), or None where it must be derived instead."""
+        if self.lo <= now_us < self.hi and self.window == window_us:
+            return self.shown
+        return self.judge(now_us, window_us)
+
+    def judge(self, now_us: int, window_us: int) -> str | None:
+        """`serve` by the rule itself, without the stretch worked out beforehand."""
         if not (self.t0 <= now_us < self.till and self.window == window_us):
             return None
         last = -1
@@ -53,8 +88,7 @@ class ViewFacts:
             if at is not None and last < at <= now_us:
                 last = at  # a stamp ahead of the reader's clock is not shown yet
         if self._filled[0] != last:
-            seen = iso_ms(last // 1000) if last >= 0 else "null"
-            self._filled = (last, self.text.replace(SEEN, seen, 1))
+            self._filled = (last, _filled(self.text, last))
         return self._filled[1]
 
 
