@@ -80,7 +80,7 @@ AdminPrincipal = Annotated[Principal, Depends(require_roles(Role.ADMIN))]
 
 def ensure_can_read(principal: Principal, restaurant_ids: list[str]) -> None:
     """A restaurant may see only itself; sales and admin see every restaurant."""
-    if not all(principal.can_read(rid) for rid in restaurant_ids):
+    if not principal.can_read_all(restaurant_ids):
         raise HTTPException(
             status_code=status.HTTP_403_FORBIDDEN, detail="a restaurant token may read only its own restaurant"
         )

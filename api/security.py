@@ -1,5 +1,6 @@
 """Bearer tokens: HS256 JWTs carrying `sub`, `role`, `exp` (and `restaurant_id` for restaurants)."""
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -25,7 +26,11 @@ class Principal:
     expires_at: datetime | None = field(default=None, compare=False)  # of the token it came from
 
     def can_read(self, restaurant_id: str) -> bool:
-        return self.role is not Role.RESTAURANT or self.restaurant_id == restaurant_id
+        return self.can_read_all((restaurant_id,))
+
+    def can_read_all(self, restaurant_ids: Sequence[str]) -> bool:
+        # Once per status batch: sales and admin without a look at each of the 10,000 ids.
+        return self.role is not Role.RESTAURANT or all(rid == self.restaurant_id for rid in restaurant_ids)
 
 
 def create_access_token(settings: Settings, principal: Principal) -> str:
@@ -41,8 +46,29 @@ def create_access_token(settings: Settings, principal: Principal) -> str:
     return jwt.encode(claims, settings.jwt_secret, algorithm=settings.jwt_algorithm)
 
 
+VERIFIED_MAX = 10_000  # tokens remembered as verified; past it the memory starts again empty
+_verified: dict[tuple[str, str, str], Principal] = {}
+
+
 def decode_access_token(settings: Settings, token: str) -> Principal:
-    """The principal of a valid token, or `InvalidToken` saying what is wrong with it."""
+    """The principal of a valid token, or `InvalidToken` saying what is wrong with it.
+
+    A token is checked once and its principal remembered until it expires: the same string with the
+    same secret always decodes the same (its signature covers every claim), and checking it again cost
+    ~0.2 ms on every status batch of a client that holds its token for an hour.
+    """
+    key = (settings.jwt_secret, settings.jwt_algorithm, token)
+    known = _verified.get(key)
+    if known is not None and known.expires_at is not None and utc_now() < known.expires_at:
+        return known
+    principal = _decode(settings, token)  # an expired one says so, as the first time
+    if len(_verified) >= VERIFIED_MAX:
+        _verified.clear()
+    _verified[key] = principal
+    return principal
+
+
+def _decode(settings: Settings, token: str) -> Principal:
     try:
         claims = jwt.decode(
             token,

@@ -7,11 +7,13 @@ import jwt
 import pytest
 from fastapi import FastAPI
 
-from api.security import Principal, create_access_token
+from api.security import InvalidToken, Principal, create_access_token, decode_access_token
 from core.documents import Restaurant, Role, User
+from core.messages import utc_now
 from core.secrets import hash_secret
 from core.settings import Settings
 from tests.devices import ALWAYS_OPEN
+from tests.helpers import wait_until
 
 
 @pytest.fixture
@@ -112,6 +114,22 @@ async def test_missing_bad_and_expired_tokens_get_401(client: httpx.AsyncClient,
             assert response.status_code == 401, (name, path, response.text)
             assert response.json() == {"detail": detail}, name
             assert response.headers["WWW-Authenticate"] == "Bearer", name
+
+
+async def test_a_token_remembered_as_verified_still_expires_and_keeps_to_its_secret(settings: Settings) -> None:
+    # Tokens are checked once and remembered (api/security.py): the memory must not outlive the token,
+    # nor let a token signed with one secret through where another is configured.
+    short = settings.model_copy(update={"token_ttl_s": 1})
+    token = create_access_token(short, Principal("sales", Role.SALES))
+    principal = decode_access_token(short, token)
+    assert principal.role is Role.SALES and decode_access_token(short, token) is principal
+    other = settings.model_copy(update={"jwt_secret": "a-different-secret-of-another-platform"})
+    with pytest.raises(InvalidToken, match="invalid token"):
+        decode_access_token(other, token)
+    assert principal.expires_at is not None
+    await wait_until(lambda: utc_now() >= principal.expires_at, timeout=5, message="the token never expired")
+    with pytest.raises(InvalidToken, match="token expired"):
+        decode_access_token(short, token)
 
 
 async def test_token_without_role_claim_gets_401(client: httpx.AsyncClient, settings: Settings) -> None:
