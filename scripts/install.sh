@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the platform and its tests need; idempotent and quick when all is in place.
 #   - Debian packages: mosquitto, mosquitto-clients, redis-server, rabbitmq-server, chromium (headless,
-#     for the browser tests; driven by Playwright, which never downloads a browser), patch (FerretDB)
+#     for the browser tests; driven by Playwright, which never downloads a browser), patch (FerretDB),
+#     wrk (the batch status benchmark's load generator, bench/wrk_load.py)
 #   - .venv with the project and its dev extras (re-installed only when pyproject.toml changes)
 #   - .tools/ferretdb: FerretDB v1.24.2 built from its Go module (SQLite backend, no PostgreSQL),
 #     with the fixes in scripts/ferretdb/*.patch
@@ -12,7 +13,7 @@ cd "$(dirname "$0")/.."
 
 FERRETDB_MODULE="github.com/FerretDB/FerretDB"
 FERRETDB_VERSION="v1.24.2"
-APT_PACKAGES=(mosquitto mosquitto-clients redis-server rabbitmq-server chromium patch)
+APT_PACKAGES=(mosquitto mosquitto-clients redis-server rabbitmq-server chromium patch wrk)
 
 log() { printf 'install: %s\n' "$*" >&2; }
 
