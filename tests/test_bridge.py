@@ -147,6 +147,12 @@ async def test_rabbitmq_away_holds_events_in_redis_and_loses_none(env: dict[str,
             device = Device(env["url"], rid, secret)
             await asyncio.to_thread(device.connect, 1)
             await tap.wait_for(rid, "STATUS_CHANGED")
+            # The cut comes once the bridge holds RabbitMQ's confirms of the birth's events, not merely once
+            # the tap has them: under load the tap was first, the cut lost the confirm, and the birth's
+            # STATUS_CHANGED waited in Redis to be sent again (a duplicate the consumers drop, and this test
+            # counts) and put the restaurant in the backlog before the graceful stop was applied (make test,
+            # 2026-11-27).
+            await wait_until(lambda: outbox_empty(service.store, rid), 10, message="the birth's events never confirmed")
             await relay.cut()
             # Bad input meanwhile waits in Redis too, and does not hold up the batch it came in.
             await asyncio.to_thread(device.publish_raw, f"restaurants/{rid}/devices/tablet/presence", b"not json")
