@@ -260,6 +260,7 @@ class ChurnRun:
         self.days_offline_s: dict[str, dict[str, float]] = {}  # rid → local day → consolidated offline s
         self.ongoing_since: dict[str, datetime] = {}  # rid → its open DISCONNECTED stretch (history_ongoing)
         self.settled_at = float("inf")  # wall clock: transitions later than this are not looked for
+        self.undrained: dict[str, int] = {}  # queue depths when the settle gave up waiting (empty: drained)
 
     @property
     def settings(self) -> Settings:
@@ -376,6 +377,13 @@ class ChurnRun:
             self.report.bridge_story = [f"run started at {started} UTC",
                 *self.platform.log_lines("bridge", ("connected", "converged", "refused", "reconnect", "WARNING",
                                                     "stopped", "bridge "))]  # fmt: skip
+        if self.report.lost_in_history or self.undrained:
+            # How the consumers met the fault: once (make test, 2026-11-27) neither the aggregator nor the
+            # feed took anything from their queues after RabbitMQ's restart, and nothing said why.
+            marks = ("consuming", "subscribing again", "not reachable", "could not look", "WARNING", "stopped")
+            self.report.consumer_story = [f"queues left undrained: {json.dumps(self.undrained)}"] + [
+                f"{name}: {line}" for name in ("aggregator", "feed") for line in self.platform.log_lines(name, marks)
+            ]
         self.report.seconds = round(time.monotonic() - t_start, 1)
         return self.report
 
@@ -442,7 +450,8 @@ class ChurnRun:
                     await asyncio.sleep(1.0)  # the consumers' last writes (acked before written? no: after)
                     return
                 await asyncio.sleep(0.5)
-            logger.warning("the queues did not drain in %.0f s", self.config.settle_timeout_s)
+            self.undrained = dict(zip(("dashboard", "aggregator", "tap"), depths, strict=True))
+            logger.warning("the queues did not drain in %.0f s: %s", self.config.settle_timeout_s, self.undrained)
         finally:
             await connection.close()
 

@@ -98,6 +98,7 @@ class ChurnReport:
     lag: dict[str, float | None] = field(default_factory=dict)  # the simulator's loop, the bridge's message age
     log_problems: dict[str, list[str]] = field(default_factory=dict)
     bridge_story: list[str] = field(default_factory=list)  # when something was off: how the bridges went
+    consumer_story: list[str] = field(default_factory=list)  # when events were lost: how the consumers went
     seconds: float = 0.0
 
     @property
@@ -133,6 +134,7 @@ class ChurnReport:
             for line in problems[:3]:
                 lines.append(f"  log {name}: {line[:160]}")
         lines += [f"  bridge: {line[:200]}" for line in self.bridge_story]
+        lines += [f"  consumers: {line[:200]}" for line in self.consumer_story]
         return "\n".join(lines)
 
     def rows(self) -> list[Row]:

@@ -29,6 +29,7 @@ TAKE_WAIT_S = 0.5  # how often an idle worker looks at its stop flag (and, now a
 CANCEL_TIMEOUT_S = 5.0  # a stop while RabbitMQ is away must not hang on it
 LOOK_TIMEOUT_S = 5.0  # a look at the queue while RabbitMQ is away gives up after this, unanswered
 MAX_RETRY_DELAY_S = 10.0
+UNANSWERED_LOOKS = 3  # looks at the queue in a row without an answer before a warning says so
 
 
 async def retry_while_away(
@@ -73,6 +74,7 @@ class ConsumerWatch:
         self._at_last_look = 0
         self._starving = False  # the last look saw messages ready and nothing had come since the one before
         self._next_look = time.monotonic() + every_s
+        self._unanswered = 0  # looks in a row that RabbitMQ did not answer
 
     def delivered(self) -> None:
         self._deliveries += 1
@@ -84,6 +86,7 @@ class ConsumerWatch:
             return False
         self._next_look = now + self.every_s
         ready = await self._ready()
+        self._note_answer(ready is not None)
         starving = bool(ready) and self._deliveries == self._at_last_look
         self._at_last_look = self._deliveries
         if starving and self._starving:
@@ -95,6 +98,24 @@ class ConsumerWatch:
             return True
         self._starving = starving
         return False
+
+    def _note_answer(self, answered: bool) -> None:
+        """Say once when looks have gone unanswered for a while, and when they are answered again.
+
+        An unanswered look cannot tell RabbitMQ away from this worker's connection stuck (aio-pika's
+        robust connection has been seen not to come back from a restart): the log tells them apart.
+        """
+        if answered:
+            if self._unanswered >= UNANSWERED_LOOKS:
+                logger.warning("%s answers again after %d unanswered looks", self.queue, self._unanswered)
+            self._unanswered = 0
+            return
+        self._unanswered += 1
+        if self._unanswered == UNANSWERED_LOOKS:
+            logger.warning(
+                "could not look at %s for %.0f s (RabbitMQ away, or this connection stuck)",
+                self.queue, self._unanswered * self.every_s,
+            )  # fmt: skip
 
     async def _ready(self) -> int | None:
         """Messages ready in the queue; None when RabbitMQ cannot say (away, or reconnecting)."""

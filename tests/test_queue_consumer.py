@@ -2,11 +2,14 @@
 replaced, and a worker that is merely idle or busy is left alone."""
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import aio_pika
+import pytest
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from prometheus_client import CollectorRegistry, Counter
 
@@ -14,6 +17,7 @@ from core.amqp import connect_robust
 from core.queue_consumer import OnMessage, Subscription, consume_batches
 from core.settings import Settings
 from tests.helpers import wait_until
+from tests.tcp_cut import CuttableRelay
 
 WATCH_S = 0.5
 
@@ -108,3 +112,24 @@ async def test_an_idle_or_busy_worker_is_not_resubscribed(settings: Settings) ->
         await wait_until(lambda: len(worker.handled) == 20, 30, message="all handled")
         assert worker.times_resubscribed() == 0
         assert len(worker.subscriptions) == 1
+
+
+async def test_looks_unanswered_for_a_while_are_logged_and_so_is_their_end(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Whether RabbitMQ is away or the worker's connection is stuck (aio-pika's robust connection once did
+    # not come back from a restart), an idle worker that cannot look at its queue must say so.
+    amqp = urlsplit(settings.amqp_url)
+    relay = CuttableRelay(amqp.hostname or "127.0.0.1", amqp.port or 5672)
+    await relay.open()
+    relayed = settings.model_copy(update={"amqp_url": settings.amqp_url.replace(f":{amqp.port}/", f":{relay.port}/")})
+    caplog.set_level(logging.WARNING, logger="core.queue_consumer")
+    try:
+        async with running(relayed) as (worker, _publish):
+            await relay.cut()
+            await wait_until(lambda: "could not look at" in caplog.text, 40, message="no word of the unanswered looks")
+            assert worker.queue in caplog.text
+            await relay.open()
+            await wait_until(lambda: "answers again" in caplog.text, 40, message="no word of the answer")
+    finally:
+        await relay.close()
