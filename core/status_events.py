@@ -41,9 +41,16 @@ def decode_status_event(body: bytes) -> tuple[Event, DerivedStatus | None]:
     return event, status
 
 
+# A message's channel gone: aiormq says so with ChannelInvalidStateError, a RuntimeError rather than one of
+# its AMQP errors; uncaught, a RabbitMQ restart during a batch ended the aggregator and the feed (churn
+# run, 2026-11-27).
+CHANNEL_GONE = (aio_pika.exceptions.AMQPError, aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError,
+                ConnectionError)  # fmt: skip
+
+
 async def settle(outcome: Awaitable[None]) -> None:
     """Ack or nack; on a channel that has gone away RabbitMQ redelivers the message, which is harmless."""
     try:
         await outcome
-    except (aio_pika.exceptions.AMQPError, aiormq.exceptions.AMQPError, ConnectionError) as exc:
+    except CHANNEL_GONE as exc:
         logger.info("could not settle a message (%s); it will be redelivered", exc)

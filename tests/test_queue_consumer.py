@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter
 from core.amqp import connect_robust
 from core.queue_consumer import OnMessage, Subscription, consume_batches
 from core.settings import Settings
+from core.status_events import settle
 from tests.helpers import wait_until
 from tests.tcp_cut import CuttableRelay
 
@@ -133,3 +134,25 @@ async def test_looks_unanswered_for_a_while_are_logged_and_so_is_their_end(
             await wait_until(lambda: "answers again" in caplog.text, 40, message="no word of the answer")
     finally:
         await relay.close()
+
+
+async def test_a_message_settled_after_its_channel_closed_is_redelivered_not_fatal(settings: Settings) -> None:
+    # RabbitMQ restarting while the aggregator or the feed handles a batch: the ack that ends the batch
+    # finds its channel gone. aiormq raises ChannelInvalidStateError (a RuntimeError), which ended both
+    # workers before `settle` took it for what it is.
+    connection = await connect_robust(settings)
+    try:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(settings.amqp_name("settle-closed"))
+        await channel.default_exchange.publish(aio_pika.Message(b"once"), routing_key=queue.name)
+        message = await queue.get(timeout=5)
+        await channel.close()
+        await settle(message.ack())  # logged, not raised
+        await settle(message.nack(requeue=False))
+        again = await (await connection.channel()).get_queue(queue.name)
+        redelivered = await again.get(timeout=5)
+        assert redelivered.body == b"once" and redelivered.redelivered
+        await redelivered.ack()
+        await again.delete()
+    finally:
+        await connection.close()
