@@ -53,4 +53,4 @@ async def settle(outcome: Awaitable[None]) -> None:
     try:
         await outcome
     except CHANNEL_GONE as exc:
-        logger.info("could not settle a message (%s); it will be redelivered", exc)
+        logger.info("could not settle a message (%s: %s); it will be redelivered", type(exc).__name__, exc)
