@@ -378,8 +378,8 @@ class ChurnRun:
                 *self.platform.log_lines("bridge", ("connected", "converged", "refused", "reconnect", "WARNING",
                                                     "stopped", "bridge "))]  # fmt: skip
         if self.report.lost_in_history or self.undrained:
-            # How the consumers met the fault: once (make test, 2026-11-27) neither the aggregator nor the
-            # feed took anything from their queues after RabbitMQ's restart, and nothing said why.
+            # How the consumers met the fault: once (make test, 2026-11-27) the aggregator and the feed had
+            # both exited at RabbitMQ's restart (core/status_events.py `settle`), and the report did not say.
             marks = ("consuming", "subscribing again", "not reachable", "could not look", "WARNING", "stopped")
             self.report.consumer_story = [f"queues left undrained: {json.dumps(self.undrained)}"] + [
                 f"{name}: {line}" for name in ("aggregator", "feed") for line in self.platform.log_lines(name, marks)

@@ -102,8 +102,8 @@ class ConsumerWatch:
     def _note_answer(self, answered: bool) -> None:
         """Say once when looks have gone unanswered for a while, and when they are answered again.
 
-        An unanswered look cannot tell RabbitMQ away from this worker's connection stuck (aio-pika's
-        robust connection has been seen not to come back from a restart): the log tells them apart.
+        An unanswered look cannot tell RabbitMQ away from this worker's connection gone bad; the two
+        warnings put the stretch in the log, to be read beside RabbitMQ's own.
         """
         if answered:
             if self._unanswered >= UNANSWERED_LOOKS:
