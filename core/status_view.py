@@ -15,9 +15,9 @@ status the status it just derived, with what it depends on (`view_of`):
 
 A view is served only when all of that holds at the reader's instant (`ViewFacts.serve`), so a view is
 never a cache that can go stale: every other restaurant of the batch is derived as before. The API keeps
-a copy of the views' facts (core/view_cache.py), dropped whenever Redis reports their hash changed. A view is not
-written where `until` is unknown or a search limit (hours open past the 8 days looked at): there the
-status still changes with the clock alone.
+a copy of the views' facts (core/view_cache.py), dropped whenever Redis reports their hash changed. A
+view is not written where `until` is unknown or a search limit (hours open past the 8 days looked at):
+there the status still changes with the clock alone.
 """
 
 from collections.abc import Sequence
@@ -135,7 +135,7 @@ class StatusViews:
                 append(None)
             elif fact.lo <= now_us < fact.hi and fact.window == window_us:  # ViewFacts.serve's first test
                 append(fact.shown.replace(MOVING, moving, 1) if fact.moving else fact.shown)
-            else:
-                text = fact.serve(now_us, window_us)
+            else:  # outside the stretch: the rule itself (serve would test the stretch again first)
+                text = fact.judge(now_us, window_us)
                 append(text.replace(MOVING, moving, 1) if text is not None and MOVING in text else text)
         return out
