@@ -6,6 +6,7 @@ import aio_pika
 import aio_pika.exceptions
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
 
+from core.lean_publisher import LeanPublisher
 from core.messages import Event
 from core.settings import Settings
 
@@ -48,36 +49,37 @@ async def declare_topology(channel: AbstractChannel, settings: Settings) -> Abst
 
 
 class EventPublisher:
-    """Persistent messages with publisher confirms: `publish` returns once RabbitMQ has the event."""
+    """Persistent messages with publisher confirms: `publish` returns once RabbitMQ has the event.
+
+    Events go over a connection of their own (core/lean_publisher.py: aio-pika cost ~500 µs of CPU per
+    confirmed publish here); the topology and the dead letters over aio-pika's robust connection, which
+    also declares the topology again after RabbitMQ comes back empty.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._connection: AbstractRobustConnection | None = None
-        self._exchange: AbstractExchange | None = None
         self._channel: AbstractChannel | None = None
+        self._events: LeanPublisher | None = None
 
     async def open(self) -> None:
         self._connection = await connect_robust(self.settings)
         self._channel = await self._connection.channel(publisher_confirms=True)
-        self._exchange = await declare_topology(self._channel, self.settings)
+        await declare_topology(self._channel, self.settings)
+        self._events = LeanPublisher(self.settings.amqp_url, self.settings.exchange, retry_after_s=RECONNECT_INTERVAL_S)
+        await self._events.connect()
 
     async def close(self) -> None:
+        if self._events is not None:
+            await self._events.close()
+            self._events = None
         if self._connection is not None:
             await self._connection.close()
             self._connection = None
 
     async def publish(self, event: Event) -> None:
-        assert self._exchange is not None, "open() first"
-        await self._exchange.publish(
-            aio_pika.Message(
-                event.to_bytes(),
-                content_type="application/json",
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                message_id=event.event_id,
-                type=event.type.value,
-            ),
-            routing_key="",
-        )
+        assert self._events is not None, "open() first"
+        await self._events.publish(event.to_bytes(), event.event_id, event.type.value)
 
     async def dead_letter(self, body: bytes, headers: dict[str, str]) -> None:
         """Keep a message the bridge could not use, byte for byte, with why."""

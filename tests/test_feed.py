@@ -217,9 +217,10 @@ async def test_poison_is_dead_lettered_and_the_next_is_processed(settings: Setti
     await put_groups(env["redis"], settings, {"r1": "A"})
     bad_status = status_event("r1", True).model_copy(update={"data": {"online": "maybe"}})
     other_rid = status_event("r1", True).model_copy(update={"data": status_event("r2", True).data})
-    async with running_feed(settings) as feed:
-        exchange = env["publisher"]._exchange
-        assert exchange is not None
+    connection = await aio_pika.connect(settings.amqp_url)
+    async with connection, running_feed(settings) as feed:
+        # Confirmed one by one, so queued ahead of the good events published after them.
+        exchange = await (await connection.channel()).get_exchange(settings.exchange)
         for body in (b"not json", bad_status.to_bytes(), other_rid.to_bytes()):
             await exchange.publish(aio_pika.Message(body), routing_key="")
         await env["publisher"].publish(Event(type=EventType.DEVICE_ONLINE, restaurant_id="r1", device_id="t"))
