@@ -6,6 +6,7 @@ burst   the 10:00 opening: N restaurants open at once; time until every status, 
 ranking the offline ranking over N restaurants × 30 days of history: top 100 and full CSV (goals ≤ 1 s, ≤ 5 s)
 churn   the whole platform under client_sim's churn against its ground truth (not part of `all`; bench/churn.py)
 scale   100,000 sessions over Mosquitto shards: storm, steady load, crash detection, batch status (not in `all`)
+publish CPU per confirmed event publish: the platform's publisher against aio-pika's
 status  batch status of 1,000 ids from 20 concurrent clients, on its own (goal p99 ≤ 20 ms)
 detection  crash, silent drop and silent app detection on Mosquitto and on amqtt, nothing else connected
 """
@@ -31,6 +32,7 @@ from bench.ingest import IngestConfig, ingest_benchmark
 from bench.load import publisher_count
 from bench.opening_burst import burst_benchmark, burst_rows
 from bench.profiling import summarise
+from bench.publish import publish_benchmark, publish_rows
 from bench.ranking import ranking_benchmark, ranking_rows
 from bench.report import Row, birth_rows, ingest_rows, render, save
 from bench.scale import ScaleConfig, scale_benchmark, scale_rows
@@ -39,9 +41,9 @@ from stack.process import REPO_ROOT
 GOAL_HEARTBEATS_PER_S = 25_000.0
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 FULL = {"devices": 6000, "duration": 30.0, "births": 300, "drain": 120.0, "restaurants": 100_000, "ranked": 100_000,
-        "status_restaurants": 20_000}
+        "status_restaurants": 20_000, "publish": 20_000}
 QUICK = {"devices": 2000, "duration": 10.0, "births": 100, "drain": 30.0, "restaurants": 5000, "ranked": 10_000,
-         "status_restaurants": 5000}
+         "status_restaurants": 5000, "publish": 5000}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -51,7 +53,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "which",
         nargs="?",
-        choices=["all", "ingest", "birth", "burst", "ranking", "churn", "scale", "status", "detection"],
+        choices=["all", "ingest", "birth", "publish", "burst", "ranking", "churn", "scale", "status", "detection"],
         default="all",
     )
     parser.add_argument("--quick", action="store_true", help="reduced sizes: all of it in under two minutes")
@@ -66,6 +68,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--publishers", type=int, default=publisher_count(), help="ingest: publisher processes")
     parser.add_argument("--naive-concurrency", type=int, default=100, help="ingest: baseline's messages in flight")
     parser.add_argument("--mqtt-protocol", default="auto", help="ingest: the bridge's mqtt_protocol setting")
+    parser.add_argument("--events", type=int, help="publish: events per run (full 20,000; quick 5,000)")
     parser.add_argument("--births", type=int, help="birth: measured births (after one warm-up round)")
     parser.add_argument("--restaurants", type=int, help="burst: restaurants opening at the same instant")
     parser.add_argument("--ranked", type=int, help="ranking: restaurants in the 30 days of history")
@@ -147,6 +150,12 @@ def main(argv: list[str] | None = None) -> int:
         burst = burst_benchmark(restaurants, args.keep)
         rows += burst_rows(burst)
         raw["burst"] = dataclasses.asdict(burst)
+    if args.which in ("all", "publish"):
+        count = args.events or int(sizes["publish"])
+        print(f"bench: {count:,} confirmed event publishes, each publisher twice", file=sys.stderr)
+        published = publish_benchmark(count, args.keep)
+        rows += publish_rows(published)
+        raw["publish"] = dataclasses.asdict(published)
     if args.which in ("all", "ranking"):
         ranked = args.ranked or int(sizes["ranked"])
         print(f"bench: offline ranking over {ranked:,} restaurants × 30 days", file=sys.stderr)
