@@ -25,6 +25,7 @@ import ssl
 import struct
 import time
 from dataclasses import dataclass
+from typing import cast
 from urllib.parse import unquote, urlsplit
 
 from pamqp import commands as spec
@@ -125,9 +126,9 @@ class _Connection(asyncio.Protocol):
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.write(PROTOCOL_HEADER)
+        # A cast, not an isinstance check: uvloop's (under uvicorn) does not derive from asyncio.Transport.
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.write(PROTOCOL_HEADER)
 
     def data_received(self, data: bytes) -> None:
         self.heard_at = time.monotonic()

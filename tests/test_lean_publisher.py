@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 import aio_pika
 import pytest
+import uvloop
 from pamqp import commands as spec
 from pamqp import frame as amqp_frame
 from pamqp.header import ContentHeader
@@ -155,6 +156,30 @@ async def test_a_cut_connection_fails_what_waits_refuses_quickly_then_publishes_
     ids = [m.message_id for m in await asyncio.wait_for(received(queue, 0, last="after"), 10)]
     # "cut" may or may not have reached RabbitMQ before the cut: it was not confirmed, so not counted on.
     assert ids in (["before", "after"], ["before", "cut", "after"])
+
+
+def test_it_publishes_under_uvloop_as_the_api_runs_it(settings: Settings) -> None:
+    """uvicorn runs the API on uvloop, whose transports are not asyncio's classes."""
+
+    async def publish_one() -> str | None:
+        name = settings.amqp_name("lean-uv")
+        connection = await aio_pika.connect(settings.amqp_url)
+        publisher = LeanPublisher(settings.amqp_url, name)
+        try:
+            channel = await connection.channel()
+            exchange = await channel.declare_exchange(name, aio_pika.ExchangeType.FANOUT, auto_delete=True)
+            queue = await channel.declare_queue(f"{name}.q", auto_delete=True)
+            await queue.bind(exchange)
+            await asyncio.wait_for(publisher.publish(b"{}", "uv", "T"), 10)
+            message = await queue.get(timeout=10)
+            await message.ack()
+            await channel.exchange_delete(name)
+            return message.message_id
+        finally:
+            await publisher.close()
+            await connection.close()
+
+    assert uvloop.run(publish_one()) == "uv"
 
 
 async def test_a_closed_publisher_says_so(settings: Settings) -> None:
