@@ -61,7 +61,10 @@ class OpeningHours(BaseModel):
 
     @property
     def key(self) -> tuple[tuple[str, str] | None, ...]:
-        return self._key
+        # Straight from pydantic's store of private values: `self._key` goes through BaseModel.__getattr__
+        # (a few µs, 30 times this), and every hours lookup of every status read starts here.
+        key: tuple[tuple[str, str] | None, ...] = self.__pydantic_private__["_key"]  # type: ignore[index]
+        return key
 
 
 @lru_cache(maxsize=1024)
@@ -121,7 +124,7 @@ def open_intervals(
 
 
 SEARCH = timedelta(days=8)  # how far an opening's ends, the last close and the next open are looked for
-SPAN_DAYS = 10  # local days either side of `at` in a cached span: more than SEARCH plus a DST day
+SPAN_DAYS = 10  # local days either side of `at` in a cached span: SEARCH plus a day (`open_through`), plus DST
 
 
 @lru_cache(maxsize=8192)
@@ -173,3 +176,29 @@ def next_open_after(hours: OpeningHours, tz_name: str, at: datetime) -> datetime
     starts, _ends = _span_at(hours, tz_name, at)
     i = bisect_right(starts, at)
     return starts[i] if i < len(starts) and starts[i] < at + SEARCH else None
+
+
+def next_boundary_after(hours: OpeningHours, tz_name: str, at: datetime) -> datetime | None:
+    """The first opening or closing after `at`, up to SEARCH ahead: the status may change there.
+
+    An opening still under way SEARCH ahead counts as closing there, so that a status open all week is
+    looked at again within SEARCH (as the scan of `open_intervals` up to SEARCH ahead gave it).
+    """
+    starts, ends = _span_at(hours, tz_name, at)
+    i = bisect_right(ends, at)
+    if i == len(ends):
+        return None
+    if starts[i] <= at:
+        return min(ends[i], at + SEARCH)
+    return starts[i] if starts[i] < at + SEARCH else None
+
+
+def open_through(hours: OpeningHours, tz_name: str, at: datetime, until: datetime) -> bool:
+    """Whether one opening runs from `at` through `until`, which may be up to SPAN_DAYS - 1 days ahead.
+
+    A span's last interval is cut short only where it runs into local day SPAN_DAYS + 1 after `at`'s: more
+    than SPAN_DAYS local days after `at`, and no zone's clock has ever jumped by more than a day.
+    """
+    starts, ends = _span_at(hours, tz_name, at)
+    i = bisect_right(starts, at) - 1
+    return i >= 0 and ends[i] >= until

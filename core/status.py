@@ -7,7 +7,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict
 
-from core.hours import OpeningHours, last_close_before, next_open_after, open_intervals, opening_at
+from core.hours import OpeningHours, last_close_before, next_boundary_after, next_open_after, opening_at
 from core.messages import DeviceState
 
 
@@ -217,9 +217,8 @@ def next_clock_boundary(rules: RestaurantRules, at: datetime) -> datetime | None
     """The first instant after `at` where the clock alone may change the status: an opening, a
     closing, or an unavailability's start or end. Device facts never enter here; None: none in 8 days.
     """
-    candidates: list[datetime] = []
-    for lo, hi in open_intervals(rules.hours, rules.timezone, at, at + timedelta(days=8)):
-        candidates.extend(t for t in (lo, hi) if t > at)
+    hours = next_boundary_after(rules.hours, rules.timezone, at)
+    candidates: list[datetime] = [] if hours is None else [hours]
     for u in rules.unavailabilities:
         if u.effective_end > u.start:
             candidates.extend(t for t in (u.start, u.effective_end) if t > at)

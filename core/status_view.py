@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 
 from pydantic import TypeAdapter
 
-from core.hours import SEARCH, open_intervals
+from core.hours import SEARCH, open_through
 from core.messages import DeviceState
 from core.presence_store import PresenceStore, RestaurantSnapshot, load_script
 from core.status import (
@@ -65,7 +65,7 @@ def view_of(
         # no unavailability starting or ending sooner. It reads `now + SEARCH` while that holds, so the
         # reader writes it in, until the cap (the next unavailability, or the end of the one under way)
         # comes within SEARCH.
-        if open_intervals(rules.hours, rules.timezone, at, at + NEVER_CLOSES) != [(at, at + NEVER_CLOSES)]:
+        if not open_through(rules.hours, rules.timezone, at, at + NEVER_CLOSES):
             return None
         if status.reason is OfflineReason.UNAVAILABLE:
             cap: datetime | None = unavailable_until(rules.unavailabilities, at)
