@@ -60,10 +60,11 @@ class EventOutbox:
             self._hold(restaurant_id)
             return False
         try:
-            for _name, event in items:
-                async with asyncio.timeout(self.timeout_s):  # not wait_for: that is a task per event
+            # One timer for the restaurant's events (one or two), not one each; not wait_for, a task each.
+            async with asyncio.timeout(self.timeout_s * len(items)):
+                for _name, event in items:
                     await self.publisher.publish(event)
-                self.metrics.events_published.inc()
+                    self.metrics.events_published.inc()
         except PUBLISH_OUTAGES as exc:
             if not self.down:
                 logger.warning("RabbitMQ is away (%s: %s); events wait in Redis", type(exc).__name__, exc)
