@@ -46,6 +46,16 @@ class LeanClient(mqtt.Client):
         """Bytes already read from the socket and not yet handed to paho: the socket will not say so."""
         return self._rpos < len(self._rbuf) and self._rsock is self._sock
 
+    def heard_from_broker(self) -> None:
+        """Count the broker as heard from now, and no PINGREQ as waiting for its answer.
+
+        For a reader that holds back on purpose while the broker's bytes wait unread (`BrokerLink`): the
+        PINGRESP is somewhere behind them. paho's keepalive reads `_last_bytes_received` and `_ping_t`.
+        """
+        with self._msgtime_mutex:
+            self._last_bytes_received = mqtt.time_func()
+        self._ping_t = 0
+
     def _sock_recv(self, bufsize: int) -> bytes:
         if self._rsock is not self._sock:  # a new connection: what was left belongs to the old one
             self._rbuf, self._rpos, self._rsock = b"", 0, self._sock

@@ -8,10 +8,13 @@ Only the blocking TCP connect runs in a worker thread, so the socket callbacks i
 to the loop through `call_soon_threadsafe`.
 """
 
+import array
 import asyncio
+import fcntl
 import logging
 import random
 import socket
+import termios
 import threading
 import time
 from dataclasses import dataclass
@@ -36,6 +39,7 @@ logger = logging.getLogger(__name__)
 CONNACK_TIMEOUT_S = 3.0
 READ_PACKETS = 500  # packets per readable socket event: one selector wake-up for many heartbeats
 MISC_INTERVAL_S = 1.0
+KEEPALIVE_S = 30
 RECEIVE_MAXIMUM = 65_535  # QoS 1 messages the broker may send before the bridge's first PUBACK (MQTT 5's most)
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.5, 30.0
 
@@ -88,6 +92,7 @@ class BrokerLink:
         self._tasks: list[asyncio.Task[None]] = []
         self._reconnect: asyncio.Task[None] | None = None
         self._attempt = 0
+        self._loss_told = False  # this connection's loss was handled (paho may tell it twice)
         self._connect_again: float | None = None  # the delay of a connect asked for during an attempt
         self._client = self._new_client()
 
@@ -174,7 +179,8 @@ class BrokerLink:
             # high-water mark pauses reading instead.
             properties.ReceiveMaximum = RECEIVE_MAXIMUM
             kwargs["clean_start"] = False
-        connect = partial(self._client.connect, self.host, self.port, 30, properties=properties, **kwargs)
+        connect = partial(self._client.connect, self.host, self.port, KEEPALIVE_S, properties=properties, **kwargs)
+        self._loss_told = False  # this attempt may be lost in its turn
         try:
             await self._loop.run_in_executor(None, connect)
         except OSError as exc:
@@ -208,11 +214,34 @@ class BrokerLink:
             self._schedule_connect(0.0)
 
     async def _misc_forever(self) -> None:
-        """paho's keepalive: PINGREQ on time, and a broker that stopped answering is noticed."""
+        """paho's keepalive: PINGREQ on time, and a broker that stopped answering is noticed.
+
+        Except that a link paused because the inbox is full (`_pause`) reads nothing, the PINGRESP
+        included, and paho took the broker for gone after one keepalive: in the 100,000 storm all eight
+        links dropped at once, and each reconnect read its shard's retained presence again, the backlog
+        growing with every round (2026-11-27). While paused with the broker's bytes waiting unread, those
+        bytes are the broker's answer.
+        """
         while True:
             await asyncio.sleep(MISC_INTERVAL_S)
-            if self._client.socket() is not None:
-                self._client.loop_misc()
+            if self._client.socket() is None:
+                continue
+            if self._paused and self._bytes_waiting():
+                self._client.heard_from_broker()
+            self._client.loop_misc()
+
+    def _bytes_waiting(self) -> bool:
+        sock = self._reading
+        if sock is None or sock.fileno() < 0:
+            return False
+        if self._client.buffered():
+            return True
+        count = array.array("i", [0])
+        try:
+            fcntl.ioctl(sock.fileno(), termios.FIONREAD, count)
+        except OSError:
+            return False
+        return count[0] > 0
 
     # --- paho's socket callbacks (the connect in a worker thread triggers some of them)
 
@@ -348,6 +377,11 @@ class BrokerLink:
     def _on_disconnect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         if client is not self._client:
             return  # the MQTT 5 attempt that was replaced
+        if self._loss_told:
+            # paho 2.2 tells a keepalive timeout twice (`_check_keepalive`, then `loop_misc`): two
+            # reconnects of one client id, the second taking the first's session over.
+            return
+        self._loss_told = True
         self.connected = False
         self._reading = None
         if not self._stopping:
