@@ -124,7 +124,7 @@ def open_intervals(
 
 
 SEARCH = timedelta(days=8)  # how far an opening's ends, the last close and the next open are looked for
-SPAN_DAYS = 10  # local days either side of `at` in a cached span: SEARCH plus a day (`open_through`), plus DST
+SPAN_DAYS = 10  # local days either side of `at` in a cached span: SEARCH plus a day (`opening_end`), plus DST
 
 
 @lru_cache(maxsize=8192)
@@ -193,12 +193,14 @@ def next_boundary_after(hours: OpeningHours, tz_name: str, at: datetime) -> date
     return starts[i] if starts[i] < at + SEARCH else None
 
 
-def open_through(hours: OpeningHours, tz_name: str, at: datetime, until: datetime) -> bool:
-    """Whether one opening runs from `at` through `until`, which may be up to SPAN_DAYS - 1 days ahead.
+def opening_end(hours: OpeningHours, tz_name: str, at: datetime) -> datetime | None:
+    """The end of the merged opening that contains `at` as the cached span knows it; None: closed at `at`.
 
     A span's last interval is cut short only where it runs into local day SPAN_DAYS + 1 after `at`'s: more
-    than SPAN_DAYS local days after `at`, and no zone's clock has ever jumped by more than a day.
+    than SPAN_DAYS local days after `at`, and no zone's clock has ever jumped by more than a day. So an end
+    up to SPAN_DAYS - 1 days ahead is the opening's own; a later one may be the span's edge, sooner than
+    the true end, which only makes a view open all week stand less long (core/status_view.py).
     """
     starts, ends = _span_at(hours, tz_name, at)
     i = bisect_right(starts, at) - 1
-    return i >= 0 and ends[i] >= until
+    return ends[i] if i >= 0 and at < ends[i] else None

@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 
 from pydantic import TypeAdapter
 
-from core.hours import SEARCH, open_through
+from core.hours import SEARCH, opening_end
 from core.messages import DeviceState
 from core.presence_store import PresenceStore, RestaurantSnapshot, load_script
 from core.status import (
@@ -41,7 +41,7 @@ from core.view_facts import MOVING, SEEN, ViewFacts, parse_facts
 SPLIT_AT = ',"devices_connected":'
 LAST_SEEN = ',"last_seen":'
 UNTIL = '"until":'
-NEVER_CLOSES = SEARCH + timedelta(days=1)  # weekly hours with no closing in 9 days have none at all
+NEVER_CLOSES = SEARCH + timedelta(days=1)  # open 9 days on: no weekly closing, or one a DST change skipped
 _UNTIL_JSON = TypeAdapter(datetime)
 
 
@@ -61,18 +61,20 @@ def view_of(
         return None  # stamped ahead of `at` (another host's clock): the status would move when `at` reaches it
     moving = status.until == at + SEARCH
     if moving:
-        # `until` is the end of the days looked at, not a boundary: open all week (never closing), and
-        # no unavailability starting or ending sooner. It reads `now + SEARCH` while that holds, so the
-        # reader writes it in, until the cap (the next unavailability, or the end of the one under way)
-        # comes within SEARCH.
-        if not open_through(rules.hours, rules.timezone, at, at + NEVER_CLOSES):
+        # `until` is the end of the days looked at, not a boundary: open all week, and no unavailability
+        # starting or ending sooner. It reads `now + SEARCH` while that holds, so the reader writes it in,
+        # until the cap (the next unavailability, or the end of the one under way) or the closing comes
+        # within SEARCH. Weekly hours open 9 days do close where a DST change skipped the hour of their
+        # weekly closing: two weeks after the one before, within SEARCH of a view a few days old.
+        closes = opening_end(rules.hours, rules.timezone, at)
+        if closes is None or closes < at + NEVER_CLOSES:
             return None
         if status.reason is OfflineReason.UNAVAILABLE:
             cap: datetime | None = unavailable_until(rules.unavailabilities, at)
         else:
             cap = next_unavailability_start(rules.unavailabilities, at)
         boundary = next_clock_boundary(rules, at)
-        till = min(t for t in (boundary, cap - SEARCH if cap else None, at + SEARCH) if t is not None)
+        till = min(t for t in (boundary, cap - SEARCH if cap else None, closes - SEARCH, at + SEARCH) if t is not None)
     elif status.until > at + SEARCH:
         return None
     elif status.reason is OfflineReason.UNAVAILABLE:

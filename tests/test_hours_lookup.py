@@ -1,7 +1,7 @@
 """The cached, bisected lookups of core.hours equal the plain scans they replaced (hypothesis).
 
 `opening_at`, `last_close_before` and `next_open_after` run for every restaurant on every status read,
-`next_boundary_after` and `open_through` for every view written (core/status_view.py); they now search a
+`next_boundary_after` and `opening_end` for every view written (core/status_view.py); they now search a
 cached span of merged intervals. The references below are the former definitions, straight from
 `open_intervals` over the searched range.
 """
@@ -21,8 +21,8 @@ from core.hours import (
     next_boundary_after,
     next_open_after,
     open_intervals,
-    open_through,
     opening_at,
+    opening_end,
     zone,
 )
 from core.status_view import NEVER_CLOSES
@@ -55,9 +55,10 @@ def reference_next_boundary_after(h: OpeningHours, tz: str, at: datetime) -> dat
     return min(candidates, default=None)
 
 
-def reference_open_through(h: OpeningHours, tz: str, at: datetime, until: datetime) -> bool:
-    """`view_of`'s test that a restaurant never closes."""
-    return open_intervals(h, tz, at, until) == [(at, until)]
+def reference_opening_end(h: OpeningHours, tz: str, at: datetime) -> datetime | None:
+    """`opening_end` as far as `view_of` needs it exact: NEVER_CLOSES ahead, where the span reaches."""
+    intervals = open_intervals(h, tz, at, at + NEVER_CLOSES)
+    return intervals[0][1] if intervals and intervals[0][0] == at else None
 
 
 @st.composite
@@ -116,10 +117,11 @@ def test_the_next_boundary_equals_the_scan(data: st.DataObject, h: OpeningHours,
 
 @settings(max_examples=500, deadline=None)
 @given(data=st.data(), h=st.one_of(hours, open_but_a_day()), place=st.sampled_from(ZONES))
-def test_never_closing_equals_the_scan(data: st.DataObject, h: OpeningHours, place: tuple[str, datetime]) -> None:
+def test_the_opening_end_equals_the_scan(data: st.DataObject, h: OpeningHours, place: tuple[str, datetime]) -> None:
     tz, near = place
     at = data.draw(instants(h, tz, near))
-    assert open_through(h, tz, at, at + NEVER_CLOSES) == reference_open_through(h, tz, at, at + NEVER_CLOSES)
+    end = opening_end(h, tz, at)
+    assert (min(end, at + NEVER_CLOSES) if end else None) == reference_opening_end(h, tz, at)
 
 
 def test_a_restaurant_open_around_the_clock_is_clipped_to_the_search() -> None:
@@ -128,14 +130,16 @@ def test_a_restaurant_open_around_the_clock_is_clipped_to_the_search() -> None:
     assert opening_at(always, "America/Sao_Paulo", at) == (at - SEARCH, at + SEARCH)
     assert next_open_after(always, "America/Sao_Paulo", at) is None
     assert next_boundary_after(always, "America/Sao_Paulo", at) == at + SEARCH
-    assert open_through(always, "America/Sao_Paulo", at, at + NEVER_CLOSES)
+    end = opening_end(always, "America/Sao_Paulo", at)
+    assert end is not None and end >= at + NEVER_CLOSES
 
 
 def test_a_span_reaches_nine_days_ahead_across_a_spring_forward() -> None:
     """The least reach of a span (SPAN_DAYS): from 23:59:59.999999 EST, 9 days ahead is 00:59:59.999999 EDT."""
     always = OpeningHours.model_validate({day: {"open": "00:00", "close": "00:00"} for day in WEEKDAYS})
     at = datetime(2026, 2, 28, 23, 59, 59, 999999, tzinfo=zone("America/New_York")).astimezone(UTC)
-    assert open_through(always, "America/New_York", at, at + NEVER_CLOSES)
+    end = opening_end(always, "America/New_York", at)
+    assert end is not None and end >= at + NEVER_CLOSES
 
 
 def test_a_window_lost_in_a_spring_forward_gap_leaves_no_boundary_within_the_search() -> None:
@@ -152,9 +156,8 @@ def test_an_hour_lost_in_a_spring_forward_gap_makes_an_opening_of_two_weeks() ->
     gap = OpeningHours(**dict.fromkeys(WEEKDAYS, around) | {"sat": DayHours(open="03:00", close="02:30")})
     closes = datetime(2026, 3, 15, 6, 30, tzinfo=UTC)  # 02:30 EDT, two weeks after 03:00 EST on March 1
     at = closes - NEVER_CLOSES
-    assert open_through(gap, "America/New_York", at, closes)
-    assert reference_open_through(gap, "America/New_York", at, closes)
-    assert not open_through(gap, "America/New_York", at + TICK, closes + TICK)
+    assert opening_end(gap, "America/New_York", at) == reference_opening_end(gap, "America/New_York", at) == closes
+    assert opening_end(gap, "America/New_York", at + TICK) == closes
 
 
 def test_hours_once_used_are_stored_and_compared_by_their_seven_days() -> None:

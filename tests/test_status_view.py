@@ -28,6 +28,12 @@ WINDOW = timedelta(seconds=60)
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)  # a Monday, noon
 OVERNIGHT = OpeningHours(**{day: DayHours(open="18:00", close="02:00") for day in OpeningHours.model_fields})
 WEEKDAYS = OpeningHours(sat=None, sun=None)
+# Around the clock but Sundays 02:00-03:00, an hour New York skips on March 8, 2026: open March 1 to 15.
+SKIPPED_CLOSING = OpeningHours(
+    **dict.fromkeys(OpeningHours.model_fields, DayHours(open="03:00", close="03:00"))
+    | {"sat": DayHours(open="03:00", close="02:00")}
+)
+SPRING_AHEAD = datetime(2026, 3, 4, 12, 0, tzinfo=UTC)  # four days before New York springs forward
 _rids = itertools.count()
 
 
@@ -132,6 +138,22 @@ async def test_open_all_week_is_served_with_until_moving_with_the_clock(service:
     assert await served(service, rid, T0 + timedelta(days=2)) is None, "the holiday is now within the search"
 
 
+async def test_open_two_weeks_the_view_ends_when_the_closing_comes_within_the_search(service: StatusService) -> None:
+    # Settled on March 4, `until` moves with the clock until the closing of March 15 06:00 UTC comes
+    # within the 8 days looked at (March 7 06:00); from then on `until` is that closing.
+    rid = "view-spring"
+    await service.store.set_profiles({rid: profile_json("A", "America/New_York", SKIPPED_CLOSING)})
+    await service.settle(rid, now=SPRING_AHEAD)
+    standing = []
+    for hour in range(SEARCH // timedelta(hours=1)):
+        at = SPRING_AHEAD + timedelta(hours=hour)
+        view = await served(service, rid, at)
+        if view is not None:
+            assert view == await derived(service, rid, at), at
+            standing.append(hour)
+    assert standing == list(range(66)), "until March 7 06:00"
+
+
 @dataclass(frozen=True)
 class Step:
     after_s: int
@@ -141,8 +163,9 @@ class Step:
     ahead_s: int = 0
 
 
-HOURS = [OpeningHours(), OVERNIGHT, WEEKDAYS, ALWAYS_OPEN, ALWAYS_CLOSED]
-ZONES = ["UTC", "America/Sao_Paulo", "Europe/Berlin"]
+HOURS = [OpeningHours(), OVERNIGHT, WEEKDAYS, ALWAYS_OPEN, ALWAYS_CLOSED, SKIPPED_CLOSING]
+# Zones and the instant the steps start at: near no DST change, or days before New York springs forward.
+PLACES = [("UTC", T0), ("America/Sao_Paulo", T0), ("Europe/Berlin", T0), ("America/New_York", SPRING_AHEAD)]
 REASONS = list(UnavailabilityReason)
 DELAYS = st.one_of(st.sampled_from([0, 1, 29, 59, 60, 61, 600, 3600, 5 * 3600]), st.integers(0, 20_000))
 STEPS = st.builds(
@@ -153,17 +176,22 @@ STEPS = st.builds(
     epoch=st.integers(1, 3),
     ahead_s=st.sampled_from([0, 0, 1, 300]),
 )
-UNAVAILABILITIES = st.lists(
-    st.builds(
-        lambda start, minutes, reason: Unavailability(
-            T0 + timedelta(minutes=start), T0 + timedelta(minutes=start + minutes), reason
+
+
+def unavailabilities(origin: datetime) -> st.SearchStrategy[list[Unavailability]]:
+    return st.lists(
+        st.builds(
+            lambda start, minutes, reason: Unavailability(
+                origin + timedelta(minutes=start), origin + timedelta(minutes=start + minutes), reason
+            ),
+            st.one_of(st.integers(-600, 3000), st.integers(3000, 17_000)),  # up to ~12 days ahead
+            st.one_of(st.integers(1, 600), st.integers(600, 20_000)),
+            st.sampled_from(REASONS),
         ),
-        st.one_of(st.integers(-600, 3000), st.integers(3000, 17_000)),  # up to ~12 days ahead
-        st.one_of(st.integers(1, 600), st.integers(600, 20_000)),
-        st.sampled_from(REASONS),
-    ),
-    max_size=3,
-)
+        max_size=3,
+    )
+
+
 READS = st.lists(
     st.sampled_from([-10, 0, 1, 30, 59, 60, 61, 3600, 30_000, 100_000, 300_000, 700_000]), min_size=1, max_size=4
 )
@@ -173,20 +201,24 @@ READS = st.lists(
 class Scenario:
     hours: OpeningHours
     zone: str
+    origin: datetime  # the instant the steps start at
     first: list[Unavailability]  # the profile's unavailabilities, and those of the profile it changes to
     second: list[Unavailability]
     steps: list[Step]
     reads: list[int]  # seconds after each step at which the view is read
 
 
-SCENARIOS = st.builds(
-    Scenario,
-    hours=st.sampled_from(HOURS),
-    zone=st.sampled_from(ZONES),
-    first=UNAVAILABILITIES,
-    second=UNAVAILABILITIES,
-    steps=st.lists(STEPS, min_size=1, max_size=25),
-    reads=READS,
+SCENARIOS = st.sampled_from(PLACES).flatmap(
+    lambda place: st.builds(
+        Scenario,
+        hours=st.sampled_from(HOURS),
+        zone=st.just(place[0]),
+        origin=st.just(place[1]),
+        first=unavailabilities(place[1]),
+        second=unavailabilities(place[1]),
+        steps=st.lists(STEPS, min_size=1, max_size=25),
+        reads=READS,
+    )
 )
 
 
@@ -212,7 +244,7 @@ async def _steps(service: StatusService, rid: str, scenario: Scenario) -> None:
     store = service.store
     profiles = [profile_json("A", zone, hours, first), profile_json("A", zone, hours, second)]
     await store.set_profiles({rid: profiles[0]})
-    now = T0
+    now = scenario.origin
     for i, step in enumerate(steps):
         now += timedelta(seconds=step.after_s, milliseconds=i)
         if step.action in ("birth", "stop"):
