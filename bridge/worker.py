@@ -306,7 +306,7 @@ class Bridge:
             self._defer_settles = True  # noticed at once, not at the next REDIS_WATCH_S tick
             logger.warning("Redis lost the platform's state; statuses wait for the reconciliation")
         if presence or beats:
-            await self._sweep_once()
+            await self._sweep_once(frozenset((p[1], p[2]) for p in presence) | frozenset((b[1], b[2]) for b in beats))
         if presence:
             with self.metrics.batch_seconds.labels("presence").time():
                 await self._apply_presence(presence)
@@ -551,20 +551,34 @@ class Bridge:
         silence: swept by the wall clock it was marked stale first, and its offline then counted from
         the window's end rather than from the stop (the full churn run's final stop, a few seconds off).
         """
-        waiting = (self._applying, self.inbox.first(), *(row[0] for _, row in self._held_wills[:1]))
-        return _wall_ms(min((msg.received for msg in waiting if msg is not None), default=time.monotonic()))
+        return min(self._horizons())
 
-    async def _sweep_once(self) -> None:
+    def _horizons(self) -> tuple[int, int]:
+        """(receipt of the oldest message not applied yet, how far every link has read: `heard_up_to`)."""
+        waiting = (self._applying, self.inbox.first(), *(row[0] for _, row in self._held_wills[:1]))
+        received = _wall_ms(min((msg.received for msg in waiting if msg is not None), default=time.monotonic()))
+        return received, min([received, *(link.heard_up_to(received) for link in self.links)])
+
+    async def _sweep_once(self, speaking: frozenset[tuple[str, str]] = frozenset()) -> None:
         """One sweep; also run before every batch of device messages, under one lock with the loop's.
 
         A device silent past the window reads as disconnected from that instant, but until the sweep
         flags it its next heartbeat or birth finds it still "connected" in Redis and commits nothing:
         the DISCONNECTED interval in between would never reach the history. Sweeping first commits it.
+
+        Silence is judged up to how far every link has read (`_horizons`); but a device `speaking` in
+        the batch about to be applied was silent at least up to the batch's first receipt, which may be
+        later: its silence is judged up to there, so that the interval is still committed.
         """
         window_ms = int(self.settings.stale_after_s * 1000)
         async with self._sweeping:
-            cutoff = self._horizon_ms() - window_ms
-            candidates = await self.store.stale_candidates(cutoff)
+            received, heard = self._horizons()
+            cutoff = received - window_ms
+            candidates = [
+                (rid, did, score)
+                for rid, did, score in await self.store.stale_candidates(cutoff)
+                if score < heard - window_ms or (rid, did) in speaking
+            ]
             if not candidates:
                 return
             at = from_ms(now_ms())

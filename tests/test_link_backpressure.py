@@ -1,13 +1,16 @@
-"""A bridge link that stops reading because the inbox is full keeps its MQTT session.
+"""A bridge link that stops reading because the inbox is full keeps its MQTT session, and says how far
+it has read (its ticks), so that silence is not judged past what still waits in the broker.
 
 In the 100,000-session storm (2026-11-27) the inbox stayed full for minutes; the paused links read
 nothing, the PINGRESP included, paho's keepalive took every broker for gone at once, and each
 reconnect read its shard's retained presence again: the backlog grew with every round. paho also told
 each of those losses twice, so each link connected twice, the second taking the first's session over.
+With that mended, the devices whose heartbeats waited unread in the brokers were swept as stale.
 """
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -73,6 +76,43 @@ async def test_a_link_paused_longer_than_its_keepalive_keeps_its_session_and_los
             batch = await asyncio.wait_for(inbox.take(500, wait_s=5), 10)
             taken += sum(1 for m in batch if m.topic == "restaurants/flood/status")
         assert taken == FLOOD
+    finally:
+        await link.stop()
+
+
+async def test_ticks_wait_behind_what_the_broker_holds_then_come_back_past_it(
+    settings: Settings, broker: Mosquitto
+) -> None:
+    inbox: Inbox[Inbound] = Inbox(high=5, low=2)
+    link = BrokerLink(f"mqtt://127.0.0.1:{broker.port}", 0, settings, "ticks", inbox)
+    await link.start()
+    try:
+        await wait_until(lambda: link.heard_up_to_ms > 0, 20, message="a first tick back")
+        await asyncio.to_thread(flood, settings, broker.port)
+        flooded_ms = int(time.time() * 1000)
+        await asyncio.sleep(1.0)  # four ticks sent meanwhile, all behind the flood
+        assert link._paused and link.heard_up_to(flooded_ms + 5000) < flooded_ms
+        while link.heard_up_to(int(time.time() * 1000)) < flooded_ms:
+            await asyncio.wait_for(inbox.take(500, wait_s=0.5), 10)  # the bridge works through the backlog
+        assert not [m for m in await inbox.take(10_000, wait_s=0) if m.topic == link.tick_topic]  # never queued
+    finally:
+        await link.stop()
+
+
+async def test_a_link_whose_ticks_never_come_back_holds_nothing_back(
+    settings: Settings, broker: Mosquitto, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A broker whose ACL lets the platform read the tick's topic but not write it (an older deployment).
+    monkeypatch.setattr(bridge.mqtt_link, "TICK_FIRST_S", 1.0)
+    caplog.set_level(logging.WARNING, logger="bridge.mqtt_link")
+    link = BrokerLink(f"mqtt://127.0.0.1:{broker.port}", 0, settings, "noticks", Inbox())
+    link.tick_topic = "restaurants/~tick/devices/nowhere/heartbeat"
+    await link.start()
+    try:
+        await wait_until(lambda: link.connected, 20, message="connected")
+        assert link.heard_up_to(123) == 0  # waited for, at first
+        await asyncio.sleep(1.5)
+        assert link.heard_up_to(123) == 123 and "no tick came back" in caplog.text
     finally:
         await link.stop()
 
