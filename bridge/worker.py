@@ -60,6 +60,7 @@ OUTAGES = (
     StateLost,  # a commit refused: Redis restarted empty after the batch's check (core/state_marker.py)
 )
 
+CAUGHT_UP_MS = 1000  # links whose last tick is this close to the inbox's horizon are not running behind
 PUBLISH_CONCURRENCY = 500  # restaurants whose events are in flight to RabbitMQ at once
 SETTLE_BATCH = 1000  # restaurants settled per pipelined read and commit
 REDIS_CONNECTIONS = 64
@@ -566,18 +567,22 @@ class Bridge:
         flags it its next heartbeat or birth finds it still "connected" in Redis and commits nothing:
         the DISCONNECTED interval in between would never reach the history. Sweeping first commits it.
 
-        Silence is judged up to how far every link has read (`_horizons`); but a device `speaking` in
-        the batch about to be applied was silent at least up to the batch's first receipt, which may be
-        later: its silence is judged up to there, so that the interval is still committed.
+        Silence is judged up to how far every link has read (`_horizons`). A device `speaking` in the
+        batch about to be applied, back after the window, was silent at least up to the batch's first
+        receipt, a little later: while the links are caught up, it is judged up to there, so that its
+        DISCONNECTED interval is still committed. Not while they run behind: receipt times are then
+        reading times, and a gap between two reads of a device is no silence of its own (the 100,000
+        storm marked 10,234 devices stale that way, 2026-11-27).
         """
         window_ms = int(self.settings.stale_after_s * 1000)
         async with self._sweeping:
             received, heard = self._horizons()
             cutoff = received - window_ms
+            caught_up = received - heard <= CAUGHT_UP_MS
             candidates = [
                 (rid, did, score)
                 for rid, did, score in await self.store.stale_candidates(cutoff)
-                if score < heard - window_ms or (rid, did) in speaking
+                if score < heard - window_ms or (caught_up and (rid, did) in speaking)
             ]
             if not candidates:
                 return
