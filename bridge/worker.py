@@ -371,12 +371,16 @@ class Bridge:
         self.metrics.messages.labels("heartbeat").inc(len(items))
         # One instant for the batch: its newest message's arrival, so no beat counts from before it came.
         at = _wall_ms(max(row[0].received for row in items))
+        # A beat more than a window after the device's last one makes it connected again (the status may
+        # have read it as disconnected meanwhile: heartbeat_batch.lua). Not while the links run behind:
+        # the gap is then between two reads, not two beats; the 100,000 storm got 137,000 DEVICE_ONLINE
+        # events more than it had births that way (2026-11-27). The sweep judges silence meanwhile.
+        window_ms = int(self.settings.stale_after_s * 1000) if self._caught_up() else 0
 
         async def turn(todo: list[int], settled_first: bool) -> tuple[set[str], list[tuple[int, str, int]]]:
             outcome = await self.store.heartbeats(
-                [items[i][1:] for i in todo], at_ms=at, window_ms=int(self.settings.stale_after_s * 1000),
-                settled_first=settled_first,
-            )  # fmt: skip
+                [items[i][1:] for i in todo], at_ms=at, window_ms=window_ms, settled_first=settled_first
+            )
             self.metrics.ignored.labels("heartbeat").inc(outcome.ignored)
             await self._after_transitions(outcome.transitions, at)
             refused = [(todo[j], items[todo[j]][1], ms) for j, ms in outcome.unsettled.items()]
@@ -554,6 +558,11 @@ class Bridge:
         """
         return min(self._horizons())
 
+    def _caught_up(self) -> bool:
+        """Whether every link has read what its broker held up to ~a second ago (its ticks)."""
+        received, heard = self._horizons()
+        return received - heard <= CAUGHT_UP_MS
+
     def _horizons(self) -> tuple[int, int]:
         """(receipt of the oldest message not applied yet, how far every link has read: `heard_up_to`)."""
         waiting = (self._applying, self.inbox.first(), *(row[0] for _, row in self._held_wills[:1]))
@@ -578,7 +587,7 @@ class Bridge:
         async with self._sweeping:
             received, heard = self._horizons()
             cutoff = received - window_ms
-            caught_up = received - heard <= CAUGHT_UP_MS
+            caught_up = received - heard <= CAUGHT_UP_MS  # `_caught_up`, with the horizons at hand
             candidates = [
                 (rid, did, score)
                 for rid, did, score in await self.store.stale_candidates(cutoff)
