@@ -71,8 +71,8 @@ class EventPublisher:
 
     async def close(self) -> None:
         if self._events is not None:
+            # Kept: a publish after close is refused as an outage, as one to a RabbitMQ gone away.
             await self._events.close()
-            self._events = None
         if self._connection is not None:
             await self._connection.close()
             self._connection = None
