@@ -375,7 +375,7 @@ class Bridge:
         # have read it as disconnected meanwhile: heartbeat_batch.lua). Not while the links run behind:
         # the gap is then between two reads, not two beats; the 100,000 storm got 137,000 DEVICE_ONLINE
         # events more than it had births that way (2026-11-27). The sweep judges silence meanwhile.
-        window_ms = int(self.settings.stale_after_s * 1000) if self._caught_up() else 0
+        window_ms = int(self.settings.stale_after_s * 1000) if _caught_up(*self._horizons()) else 0
 
         async def turn(todo: list[int], settled_first: bool) -> tuple[set[str], list[tuple[int, str, int]]]:
             outcome = await self.store.heartbeats(
@@ -558,11 +558,6 @@ class Bridge:
         """
         return min(self._horizons())
 
-    def _caught_up(self) -> bool:
-        """Whether every link has read what its broker held up to ~a second ago (its ticks)."""
-        received, heard = self._horizons()
-        return received - heard <= CAUGHT_UP_MS
-
     def _horizons(self) -> tuple[int, int]:
         """(receipt of the oldest message not applied yet, how far every link has read: `heard_up_to`)."""
         waiting = (self._applying, self.inbox.first(), *(row[0] for _, row in self._held_wills[:1]))
@@ -581,13 +576,13 @@ class Bridge:
         receipt, a little later: while the links are caught up, it is judged up to there, so that its
         DISCONNECTED interval is still committed. Not while they run behind: receipt times are then
         reading times, and a gap between two reads of a device is no silence of its own (the 100,000
-        storm marked 10,234 devices stale that way, 2026-11-27).
+        storm marked 18,534 devices stale that way, 2026-11-27).
         """
         window_ms = int(self.settings.stale_after_s * 1000)
         async with self._sweeping:
             received, heard = self._horizons()
             cutoff = received - window_ms
-            caught_up = received - heard <= CAUGHT_UP_MS  # `_caught_up`, with the horizons at hand
+            caught_up = _caught_up(received, heard)
             candidates = [
                 (rid, did, score)
                 for rid, did, score in await self.store.stale_candidates(cutoff)
@@ -691,6 +686,11 @@ def _split(
     refused = [(i, rid, res.version) for i, rid, res in zip(todo, restaurant_ids, results, strict=True)
                if res.code == UNSETTLED]  # fmt: skip
     return settled, refused
+
+
+def _caught_up(received_ms: int, heard_ms: int) -> bool:
+    """Whether every link has read what its broker held up to ~a second before the inbox's horizon."""
+    return received_ms - heard_ms <= CAUGHT_UP_MS
 
 
 def _wall_ms(monotonic_s: float) -> int:
