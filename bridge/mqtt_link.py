@@ -99,7 +99,9 @@ class BrokerLink:
         # Not a restaurant's topic (ids have no "~"), but one the platform's user may write and read on
         # every broker under the ACL as it is (`restaurants/+/status`, `restaurants/#`).
         self.tick_topic = f"restaurants/~tick-{self.client_id}/status"
-        self.heard_up_to_ms = 0  # the send time of the last tick read back: all sent before it is read
+        # The send time of the last tick read back: all sent before it is read. Until the first comes
+        # back, when the link was made (`heard_up_to`).
+        self.heard_up_to_ms = int(time.time() * 1000)
         self._ticks_back = False  # a tick came back on this connection
         self._connected_at = 0.0
         self._tick_warned = False
@@ -258,6 +260,11 @@ class BrokerLink:
         stale in the meantime, and the statuses online fell from 38,338 to 13,230 (2026-11-27).
         A link that is not connected does not hold the others back (its devices cannot be heard from);
         nor does a connection whose ticks never came back within TICK_FIRST_S of its CONNACK.
+
+        Before its first tick is back, a link counts as having read up to when it was made, as the
+        bridge's horizon did before ticks. Not 0: a scheduler rebuilding in that quarter second settled
+        every restaurant as of 1970 and then walked them through 56 years of openings, and the boundaries
+        of the day waited behind that walk for up to 25 s (the broker-restart churn run, CI 2026-11-27).
         """
         if not self.connected:
             return now_ms

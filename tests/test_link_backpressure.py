@@ -87,7 +87,7 @@ async def test_ticks_wait_behind_what_the_broker_holds_then_come_back_past_it(
     link = BrokerLink(f"mqtt://127.0.0.1:{broker.port}", 0, settings, "ticks", inbox)
     await link.start()
     try:
-        await wait_until(lambda: link.heard_up_to_ms > 0, 20, message="a first tick back")
+        await wait_until(lambda: link._ticks_back, 20, message="a first tick back")
         await asyncio.to_thread(flood, settings, broker.port)
         flooded_ms = int(time.time() * 1000)
         await asyncio.sleep(1.0)  # four ticks sent meanwhile, all behind the flood
@@ -105,12 +105,14 @@ async def test_a_link_whose_ticks_never_come_back_holds_nothing_back(
     # A broker whose ACL lets the platform read the tick's topic but not write it (an older deployment).
     monkeypatch.setattr(bridge.mqtt_link, "TICK_FIRST_S", 1.0)
     caplog.set_level(logging.WARNING, logger="bridge.mqtt_link")
+    made_ms = int(time.time() * 1000)
     link = BrokerLink(f"mqtt://127.0.0.1:{broker.port}", 0, settings, "noticks", Inbox())
     link.tick_topic = "restaurants/~tick/devices/nowhere/heartbeat"
     await link.start()
     try:
         await wait_until(lambda: link.connected, 20, message="connected")
-        assert link.heard_up_to(123) == 0  # waited for, at first
+        # Waited for, at first, from when the link was made: never from 1970 (see `heard_up_to`).
+        assert made_ms <= link.heard_up_to(made_ms + 60_000) <= int(time.time() * 1000)
         await asyncio.sleep(1.5)
         assert link.heard_up_to(123) == 123 and "no tick came back" in caplog.text
     finally:
