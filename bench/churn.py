@@ -65,7 +65,7 @@ from client_sim.ground_truth import read_events
 from core.amqp import declare_topology
 from core.db import open_mongo
 from core.documents import Restaurant, Role, User
-from core.hours import DayHours, OpeningHours
+from core.hours import SEARCH, DayHours, OpeningHours
 from core.messages import EventType
 from core.provisioning import RestaurantSpec, provision_restaurants
 from core.replay import status_core_at
@@ -82,6 +82,7 @@ DEFAULT_TZ = "America/Sao_Paulo"
 SALES = ("churn-sales", "churn-sales-password")
 DETECTION_S = 2.0  # a closed socket (≤ 1 s) or a stale sweep (≤ 1 s) plus the API's own round trip
 STATUS_CHUNK = 10_000
+ANCIENT = SEARCH + timedelta(days=1)  # a new restaurant's first status begins up to SEARCH before it
 FINAL_STOP_MARGIN_S = 3.0  # no checkpoint this close to the run's end, where every device stops
 
 
@@ -610,6 +611,10 @@ class ChurnRun:
                 continue
             seen.add(e["event_id"])
             per_rid.setdefault(e["restaurant_id"], []).append(e)
+            since, rid = e["data"].get("since"), e["restaurant_id"]
+            if since and rid in created and datetime.fromisoformat(since) < created[rid] - ANCIENT:
+                self.report.before_creation.append({"before_creation": rid, "since": since,
+                                                    "status": core_text(e["data"])})  # fmt: skip
         self.report.transitions = len(seen)
         feed_keys: dict[tuple[str, str, str], int] = {}
         for rid, status in feed or []:

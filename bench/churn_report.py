@@ -88,6 +88,9 @@ class ChurnReport:
     doubled: list[dict[str, Any]] = field(default_factory=list)  # two STATUS_CHANGED with one status in a row
     lost_in_history: list[dict[str, Any]] = field(default_factory=list)
     extra_in_history: list[dict[str, Any]] = field(default_factory=list)
+    # STATUS_CHANGED of a status begun long before its restaurant existed: a scheduler settling as of a
+    # horizon of 0 walked every restaurant from 1970 (the aggregator keeps such points at the creation).
+    before_creation: list[dict[str, Any]] = field(default_factory=list)
     lost_in_feed: list[dict[str, Any]] = field(default_factory=list)
     doubled_in_feed: list[dict[str, Any]] = field(default_factory=list)
     feed_checked: bool = True
@@ -114,7 +117,8 @@ class ChurnReport:
             f" could not know (at most {self.ranking_unknowable_max_s:.1f} s, tolerated)",
             f"  transitions: {self.transitions} STATUS_CHANGED, {self.redelivered} redelivered, {len(self.doubled)}"
             f" doubled, {len(self.lost_in_history)} lost in the history, {len(self.extra_in_history)} extra there,"
-            f" {self.after_settle} after the settle (not looked for)",
+            f" {self.after_settle} after the settle (not looked for), {len(self.before_creation)} begun before"
+            " their restaurant existed",
             f"  feed: {len(self.lost_in_feed)} missing, {len(self.doubled_in_feed)} doubled"
             + ("" if self.feed_checked else " (not checked: its stream lived in the Redis that was lost)"),
             f"  detection: {json.dumps(self.detection)}",
@@ -128,7 +132,8 @@ class ChurnReport:
         for d in self.divergences[:20]:
             lines.append(f"  DIVERGENCE cp{d.checkpoint} {d.at} {d.restaurant_id}: api {d.api} truth {d.truth}"
                          f" {d.detail}")
-        for item in (self.lost_in_history + self.doubled + self.extra_in_history + self.ranking_off)[:20]:
+        found = self.lost_in_history + self.doubled + self.extra_in_history + self.before_creation[:3]
+        for item in (found + self.ranking_off)[:20]:
             lines.append(f"  PROBLEM {json.dumps(item, default=str)}")
         for name, problems in self.log_problems.items():
             for line in problems[:3]:

@@ -79,7 +79,7 @@ def assert_whole(report: ChurnReport) -> None:
     assert report.divergences == [], summary
     assert report.ranking_off == [], summary
     assert report.transitions > 0 and report.lost_transitions == 0, summary
-    assert report.extra_in_history == [], summary
+    assert report.extra_in_history == [] and report.before_creation == [], summary
 
 
 def test_status_ranking_and_history_match_the_ground_truth(reports: dict[str, Future[ChurnReport]],
@@ -92,7 +92,7 @@ def test_status_ranking_and_history_match_the_ground_truth(reports: dict[str, Fu
     assert report.divergences == [], summary
     assert report.ranking_checked == 210 and report.ranking_off == [], summary
     assert report.transitions > 0 and report.lost_transitions == 0, summary
-    assert report.extra_in_history == [], summary
+    assert report.extra_in_history == [] and report.before_creation == [], summary
     assert report.lost_in_feed == [] and report.doubled_in_feed == [], summary
     assert sum(report.sim["actions"].values()) > 50, summary
 
