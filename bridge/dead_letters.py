@@ -12,6 +12,7 @@ import asyncio
 import base64
 import json
 import logging
+import math
 import time
 from collections.abc import Sequence
 
@@ -37,7 +38,7 @@ class DeadLetters:
         self.metrics = metrics
         self.timeout_s = timeout_s
         self.waiting = False  # some wait in Redis: new ones queue behind them
-        self._last_log = 0.0
+        self._last_log = -math.inf  # the first one is logged, however young the machine's monotonic clock
         self._suppressed = 0
 
     async def recover(self) -> None:
