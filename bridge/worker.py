@@ -2,12 +2,13 @@
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import sys
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import timedelta
 from functools import partial
 
@@ -307,7 +308,7 @@ class Bridge:
             self._defer_settles = True  # noticed at once, not at the next REDIS_WATCH_S tick
             logger.warning("Redis lost the platform's state; statuses wait for the reconciliation")
         if presence or beats:
-            await self._sweep_once(frozenset((p[1], p[2]) for p in presence) | frozenset((b[1], b[2]) for b in beats))
+            await self._sweep_once(itertools.chain(((p[1], p[2]) for p in presence), ((b[1], b[2]) for b in beats)))
         if presence:
             with self.metrics.batch_seconds.labels("presence").time():
                 await self._apply_presence(presence)
@@ -564,7 +565,7 @@ class Bridge:
         received = _wall_ms(min((msg.received for msg in waiting if msg is not None), default=time.monotonic()))
         return received, min([received, *(link.heard_up_to(received) for link in self.links)])
 
-    async def _sweep_once(self, speaking: frozenset[tuple[str, str]] = frozenset()) -> None:
+    async def _sweep_once(self, speaking: Iterable[tuple[str, str]] = ()) -> None:
         """One sweep; also run before every batch of device messages, under one lock with the loop's.
 
         A device silent past the window reads as disconnected from that instant, but until the sweep
@@ -582,12 +583,11 @@ class Bridge:
         async with self._sweeping:
             received, heard = self._horizons()
             cutoff = received - window_ms
-            caught_up = _caught_up(received, heard)
-            candidates = [
-                (rid, did, score)
-                for rid, did, score in await self.store.stale_candidates(cutoff)
-                if score < heard - window_ms or (caught_up and (rid, did) in speaking)
-            ]
+            silent = await self.store.stale_candidates(cutoff)
+            # The batch's (restaurant, device) pairs, gathered only when a device may be judged by them.
+            back = frozenset(speaking) if silent and _caught_up(received, heard) else frozenset()
+            candidates = [(rid, did, score) for rid, did, score in silent
+                          if score < heard - window_ms or (rid, did) in back]  # fmt: skip
             if not candidates:
                 return
             at = from_ms(now_ms())
