@@ -60,6 +60,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.unavailabilities = UnavailabilityService(
             store, clock, events, UnavailabilityLimits.from_settings(settings), settings.event_publish_timeout_s
         )
+        stack.push_async_callback(app.state.unavailabilities.close)  # before Redis and RabbitMQ close
         app.state.restaurant_admin = RestaurantAdmin(store, clock, moved=Regrouper(store, settings).moved)
         # --- dashboard feed: follows the feed's Redis stream from the first dashboard on (api/dashboard_hub.py) ---
         app.state.dashboard_hub = DashboardHub(redis, settings)

@@ -77,6 +77,13 @@ class UnavailabilityRecord(BaseModel):
         return Unavailability(start=self.start, end=self.end, reason=self.reason, cancelled_at=self.cancelled_at)
 
 
+class Unannounced(BaseModel):
+    """An event committed with its change and not yet in Redis's outbox (core/unannounced.py)."""
+
+    field: str  # its field in the Redis outbox: commit time first, so recovery keeps the order
+    event: str  # the Event as JSON
+
+
 class UnavailabilityLog(Document):
     """All unavailabilities of one restaurant in one document keyed by the restaurant id.
 
@@ -88,6 +95,7 @@ class UnavailabilityLog(Document):
     id: str  # type: ignore[assignment]  # the restaurant id
     items: list[UnavailabilityRecord] = Field(default_factory=list)
     version: int = 0
+    unannounced: list[Unannounced] = Field(default_factory=list)
 
     class Settings:
         name = "unavailabilities"

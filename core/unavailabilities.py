@@ -1,14 +1,20 @@
 """Unavailabilities of a restaurant: check, schedule, cancel and list them (DESIGN.md §1, §6).
 
 MongoDB keeps the history (one `UnavailabilityLog` per restaurant, written under the restaurant's
-Redis lock, with a compare-and-set on its `version` besides). After a change the Redis profile is
-rewritten in the same call, so the live status shows it on the very next read; the restaurant is
-marked due in the `ClockQueue`, whose scheduler publishes the STATUS_CHANGED; and an
-UNAVAILABILITY_CREATED or _CANCELLED event is published with confirms.
+Redis lock, with a compare-and-set on its `version` besides). The same update commits the change's
+UNAVAILABILITY_CREATED or _CANCELLED event in the log (core/unannounced.py). After a change the Redis
+profile is rewritten in the same call, so the live status shows it on the very next read; the
+restaurant is marked due in the `ClockQueue`, whose scheduler publishes the STATUS_CHANGED; and the
+event moves to the restaurant's Redis outbox and is published with confirms.
+
+If Redis goes away after the commit, the request answers that the change is recorded and takes
+effect when Redis is back (`ChangeDeferred`), and the service finishes the Redis step in the
+background; the scheduler's rebuild does it for an API that died meanwhile.
 """
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +22,8 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
 
+import pymongo.errors
+import redis.exceptions
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 from pymongo.errors import DuplicateKeyError
 
@@ -23,15 +31,26 @@ from core.clock_queue import ClockQueue
 from core.documents import Restaurant, UnavailabilityLog, UnavailabilityRecord
 from core.errors import PresenceError, UnknownRestaurant
 from core.messages import Event, EventType, utc_now
-from core.presence_store import PresenceStore, outbox_field
-from core.restaurant_admin import refresh_profile, restaurant_lock
+from core.presence_store import PresenceStore
+from core.restaurant_admin import RestaurantBusy, refresh_profile, restaurant_lock
 from core.settings import Settings
 from core.status import UnavailabilityReason
+from core.unannounced import hand_over, unannounced
 
 logger = logging.getLogger(__name__)
 
 # Writers take turns under the restaurant's lock: a lost race means a lease ran out mid-write.
 MAX_WRITE_RETRIES = 5
+# Redis or MongoDB away: after the commit, the Redis step is finished in the background.
+STORE_OUTAGES = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.BusyLoadingError,
+    pymongo.errors.ConnectionFailure,
+    RestaurantBusy,
+)
+FINISH_FIRST_DELAY_S = 0.5
+FINISH_MAX_DELAY_S = 5.0
 
 
 class UnavailabilityState(StrEnum):
@@ -57,6 +76,18 @@ class UnknownUnavailability(PresenceError):
 
 class UnavailabilityConflict(PresenceError):
     """The request is well formed but the current state forbids it (already cancelled, ended, too many)."""
+
+
+class ChangeDeferred(PresenceError):
+    """The change is committed in MongoDB, but Redis was away: it takes effect, and is announced, once
+    Redis answers. Creating it again would make a second one."""
+
+    def __init__(self, restaurant_id: str, uid: str) -> None:
+        super().__init__(
+            f"unavailability {uid!r} of restaurant {restaurant_id!r} is recorded, but Redis is away: it takes "
+            "effect and is announced as soon as Redis answers again; do not repeat the request"
+        )
+        self.uid = uid
 
 
 class EventSink(Protocol):
@@ -138,12 +169,21 @@ class UnavailabilityService:
         events: EventSink,
         limits: UnavailabilityLimits = UnavailabilityLimits(),
         publish_timeout_s: float = 5.0,
+        finish_for_s: float = 120.0,
     ) -> None:
         self.store = store
         self.clock = clock
         self.events = events
         self.limits = limits
         self.publish_timeout_s = publish_timeout_s
+        self.finish_for_s = finish_for_s  # then the scheduler's rebuild finishes a deferred change
+        self._finishing: set[asyncio.Task[None]] = set()
+
+    async def close(self) -> None:
+        """Stop finishing deferred changes (they stay in MongoDB for the scheduler's rebuild)."""
+        for task in self._finishing:
+            task.cancel()
+        await asyncio.gather(*self._finishing, return_exceptions=True)
 
     async def create(
         self,
@@ -174,9 +214,8 @@ class UnavailabilityService:
             items.append(record)
             return record
 
-        await self._change(restaurant_id, add)
+        await self._change(restaurant_id, add, EventType.UNAVAILABILITY_CREATED, at)
         logger.info("unavailability %s of %s created by %s: %s", record.id, restaurant_id, by, reason.value)
-        await self._announce(restaurant_id, EventType.UNAVAILABILITY_CREATED, record, at)
         return record
 
     async def cancel(
@@ -200,9 +239,8 @@ class UnavailabilityService:
                 return items[index]
             raise UnknownUnavailability(restaurant_id, uid)
 
-        record = await self._change(restaurant_id, cancel)
+        record = await self._change(restaurant_id, cancel, EventType.UNAVAILABILITY_CANCELLED, at)
         logger.info("unavailability %s of %s cancelled by %s", uid, restaurant_id, by)
-        await self._announce(restaurant_id, EventType.UNAVAILABILITY_CANCELLED, record, at)
         return record
 
     async def history(
@@ -230,51 +268,114 @@ class UnavailabilityService:
             raise UnknownRestaurant(restaurant_id)
 
     async def _change(
-        self, restaurant_id: str, change: Callable[[list[UnavailabilityRecord]], UnavailabilityRecord]
+        self,
+        restaurant_id: str,
+        change: Callable[[list[UnavailabilityRecord]], UnavailabilityRecord],
+        kind: EventType,
+        at: datetime,
     ) -> UnavailabilityRecord:
-        """Apply `change` to the log's items and write them back, then copy the profile to Redis.
+        """Apply `change` to the log's items and commit them with the event, then do the Redis step.
 
         The restaurant's lock keeps writers one at a time (FerretDB does not isolate updates); the
         `version` filter is the second line, for a holder whose lease ran out (it holds on MongoDB).
         """
-        async with restaurant_lock(self.store, restaurant_id):
-            record = await self._write(restaurant_id, change)
-            await refresh_profile(self.store, self.clock, restaurant_id)
+        record: UnavailabilityRecord | None = None
+        try:
+            async with restaurant_lock(self.store, restaurant_id):
+                record = await self._write(restaurant_id, change, kind, at)
+                handed = await self._take_effect(restaurant_id)
+        except STORE_OUTAGES as exc:
+            if record is None:
+                raise  # nothing committed (or not known to be: the rebuild hands over what was)
+            logger.warning("%s of %s is committed but Redis is away (%r); finishing it in the background",
+                           kind.value, restaurant_id, exc)  # fmt: skip
+            self._finish_later(restaurant_id)
+            raise ChangeDeferred(restaurant_id, record.id) from exc
+        await self._announce(restaurant_id, handed)
         return record
 
+    async def _take_effect(self, restaurant_id: str) -> list[tuple[str, Event]]:
+        """Under the lock: the profile to Redis (marked due), then the committed events to the outbox."""
+        await refresh_profile(self.store, self.clock, restaurant_id)
+        return await hand_over(self.store, restaurant_id)
+
+    def _finish_later(self, restaurant_id: str) -> None:
+        task = asyncio.create_task(self._finish(restaurant_id), name=f"finish-{restaurant_id}")
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
+
+    async def _finish(self, restaurant_id: str) -> None:
+        """Retry the Redis step of a committed change until it goes through, for `finish_for_s` at most."""
+        deadline = time.monotonic() + self.finish_for_s
+        delay = FINISH_FIRST_DELAY_S
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                async with restaurant_lock(self.store, restaurant_id):
+                    handed = await self._take_effect(restaurant_id)
+            except STORE_OUTAGES as exc:
+                if time.monotonic() + delay > deadline:
+                    logger.warning("the change of %s still waits for Redis (%r); left to the scheduler's rebuild",
+                                   restaurant_id, exc)  # fmt: skip
+                    return
+                delay = min(delay * 2, FINISH_MAX_DELAY_S)
+                continue
+            except PresenceError as exc:  # the restaurant was removed meanwhile
+                logger.info("the change of %s was not finished: %s", restaurant_id, exc)
+                return
+            logger.info("the deferred change of %s took effect", restaurant_id)
+            await self._announce(restaurant_id, handed)
+            return
+
     async def _write(
-        self, restaurant_id: str, change: Callable[[list[UnavailabilityRecord]], UnavailabilityRecord]
+        self,
+        restaurant_id: str,
+        change: Callable[[list[UnavailabilityRecord]], UnavailabilityRecord],
+        kind: EventType,
+        at: datetime,
     ) -> UnavailabilityRecord:
         for _ in range(MAX_WRITE_RETRIES):
             log = await UnavailabilityLog.get(restaurant_id)
             items = list(log.items) if log is not None else []
             record = change(items)
+            event = Event(type=kind, restaurant_id=restaurant_id, ts=at, data=public_view(restaurant_id, record, at))
+            waiting = [*(log.unannounced if log is not None else []), unannounced(event)]
             if log is None:
                 try:
-                    await UnavailabilityLog(id=restaurant_id, items=items, version=1).insert()
+                    await UnavailabilityLog(id=restaurant_id, items=items, version=1, unannounced=waiting).insert()
                 except DuplicateKeyError:
                     continue  # someone created the log first: apply the change to theirs
                 return record
             result = await UnavailabilityLog.get_pymongo_collection().update_one(
                 {"_id": restaurant_id, "version": log.version},
-                {"$set": {"items": [item.model_dump() for item in items], "version": log.version + 1}},
-            )
+                {"$set": {
+                    "items": [item.model_dump() for item in items],
+                    "unannounced": [entry.model_dump() for entry in waiting],
+                    "version": log.version + 1,
+                }},
+            )  # fmt: skip
             if result.matched_count == 1:
                 return record
         raise UnavailabilityConflict(
             f"the unavailabilities of {restaurant_id!r} kept changing while this request ran; try again"
         )
 
-    async def _announce(self, restaurant_id: str, kind: EventType, record: UnavailabilityRecord, at: datetime) -> None:
-        """The event, kept in the restaurant's Redis outbox until RabbitMQ confirms it."""
-        event = Event(type=kind, restaurant_id=restaurant_id, ts=at, data=public_view(restaurant_id, record, at))
+    async def _announce(self, restaurant_id: str, handed: list[tuple[str, Event]]) -> None:
+        """Publish the events now in the restaurant's Redis outbox, clearing each one RabbitMQ confirms."""
         # The change is committed already: if RabbitMQ is away the request still succeeds, and the event
-        # stays in the restaurant's outbox field, which a bridge republishes when it starts.
-        name = outbox_field()
-        await self.store.redis.hset(self.store.key(restaurant_id), name, event.model_dump_json())
+        # stays in the restaurant's outbox, which the scheduler's sweep or a starting bridge republishes.
+        published: list[str] = []
         try:
-            await asyncio.wait_for(self.events.publish(event), self.publish_timeout_s)
-        except (TimeoutError, AMQPError, ChannelInvalidStateError, ConnectionError) as exc:
-            logger.warning("%s for %s not confirmed (%r); left in the outbox", kind.value, restaurant_id, exc)
-            return
-        await self.store.clear_outbox(restaurant_id, [name])
+            for name, event in handed:
+                try:
+                    await asyncio.wait_for(self.events.publish(event), self.publish_timeout_s)
+                except (TimeoutError, AMQPError, ChannelInvalidStateError, ConnectionError) as exc:
+                    logger.warning("%s for %s not confirmed (%r); left in the outbox",
+                                   event.type.value, restaurant_id, exc)  # fmt: skip
+                    return
+                published.append(name)
+        finally:
+            try:
+                await self.store.clear_outbox(restaurant_id, published)
+            except STORE_OUTAGES as exc:  # published: the sweep may publish them again, which is the lesser harm
+                logger.warning("published events of %s left in the outbox (%r)", restaurant_id, exc)

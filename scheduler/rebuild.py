@@ -5,6 +5,10 @@ differs (so 100,000 restaurants do not all get a version bump), every restaurant
 boundary is queued, and every restaurant whose committed status is not what the rules say now is
 settled. A restart therefore misses nothing (a boundary that passed while no scheduler ran is
 settled here or by the queue) and doubles nothing (settling an already right status commits nothing).
+
+Before each rebuild, the unavailability changes an API committed but could not bring to Redis (it
+died, or Redis stayed away longer than it retried) take effect and their events go out
+(core/unannounced.py).
 """
 
 import asyncio
@@ -12,14 +16,16 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 from core.clock_queue import ClockQueue
 from core.errors import PresenceError
 from core.presence_store import PresenceStore, RestaurantSnapshot, from_ms, parse_profile
 from core.profiles import all_profiles
-from core.restaurant_admin import refresh_profile
+from core.restaurant_admin import refresh_profile, restaurant_lock
 from core.status import next_clock_boundary
 from core.status_service import StatusService
+from core.unannounced import hand_over, pending_restaurants
 from scheduler.metrics import SchedulerMetrics
 from scheduler.retry import Abandoned
 from scheduler.status_publisher import Retry, StatusPublisher
@@ -77,6 +83,29 @@ class Rebuilder:
         if republished:
             logger.info("republished %d events left in an outbox by an earlier writer", republished)
         return republished
+
+    async def finish_changes(self, retry: Retry[None]) -> int:
+        """Bring to Redis the unavailability changes whose events MongoDB still holds, and publish those
+        events; returns how many. Idempotent: retried whole on an outage."""
+        pending = [rid async for rid in pending_restaurants()]
+        published = 0
+        for rid in pending:
+            if not self.acting():
+                raise Abandoned("finishing changes")
+            try:
+                async with restaurant_lock(self.store, rid):
+                    await refresh_profile(self.store, self.clock, rid)
+                    handed = await hand_over(self.store, rid)
+            except PresenceError as exc:  # removed, or its lock held longer than we wait: the next rebuild
+                logger.info("rebuild: the change of %s not finished: %s", rid, exc)
+                continue
+            for name, event in handed:
+                await retry(partial(self.publisher.publish_event, event), f"publishing {name} of {rid}")
+                await retry(partial(self.store.clear_outbox, rid, [name]), "clearing the outbox")
+            published += len(handed)
+        if published:
+            logger.info("finished %d unavailability changes left in MongoDB by an API", published)
+        return published
 
     async def from_mongo(self, on_chunk: Callable[[], None]) -> int:
         """One pass over MongoDB; returns the number of restaurants seen. Idempotent: retried whole on an outage."""

@@ -282,6 +282,7 @@ class Scheduler:
             try:
                 if not first:
                     await self.retry_acting(self._sweep_outbox, "outbox sweep")
+                await self.retry_acting(partial(self.rebuilder.finish_changes, self.retry_acting), "finishing changes")
                 await self.retry_acting(partial(self.rebuilder.from_mongo, self._wake.set), "rebuild from MongoDB")
                 first = False
                 self.rebuilt.set()

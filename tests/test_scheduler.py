@@ -31,6 +31,7 @@ from core.state_marker import StateMarker
 from core.status import DerivedStatus, Unavailability, UnavailabilityReason
 from core.status_codec import profile_json
 from core.status_service import Settled, StatusService
+from core.unannounced import unannounced
 from scheduler.leader import LeaderLock
 from scheduler.metrics import SchedulerMetrics
 from scheduler.retry import Retrier
@@ -678,3 +679,31 @@ async def test_an_older_status_acknowledged_after_the_committed_one_is_followed_
     with StatusWatcher(stack.mosquitto_url, settings, rid) as late:  # what the broker keeps for the next device
         await wait_until(lambda: late.received, message="no retained status")
         assert late.received == [(True, newer)]
+
+
+async def test_a_change_an_api_committed_but_never_brought_to_redis_takes_effect_and_is_announced_once(
+    env: dict[str, Any], stack: Any
+) -> None:
+    settings, store = env["settings"], env["store"]
+    rid = unique("s-unannounced")
+    await make_restaurant(settings, stack, rid)
+    # The API committed an unavailability with its event in MongoDB, then died before the Redis step.
+    now = whole_ms(utc_now())
+    record = UnavailabilityRecord(id=uuid.uuid4().hex, reason=UnavailabilityReason.HOLIDAY, start=now,
+                                  end=now + timedelta(hours=1), created_at=now)  # fmt: skip
+    created = Event(type=EventType.UNAVAILABILITY_CREATED, restaurant_id=rid, ts=now, data={"id": record.id})
+    await UnavailabilityLog(id=rid, items=[record], version=1, unannounced=[unannounced(created)]).insert()
+    async with running(settings):
+        seen = await env["tap"].wait_for(rid, "UNAVAILABILITY_CREATED")
+        assert [e["event_id"] for e in seen] == [created.event_id]
+        await wait_until(
+            lambda: [e["data"]["reason"] for e in env["tap"].of(rid, "STATUS_CHANGED")][-1:] == ["UNAVAILABLE"],
+            20, message="the unavailability in force",
+        )  # fmt: skip
+        await wait_until(lambda: outbox_empty(store, rid), 10, message="outbox never cleared")
+        log = await UnavailabilityLog.get(rid)  # here: Beanie follows the leader's client, closed when it stops
+        assert log is not None and log.unannounced == []
+        await settle_time(0.5)
+    assert [e["event_id"] for e in env["tap"].of(rid, "UNAVAILABILITY_CREATED")] == [created.event_id]
+    for queue in (settings.dashboard_queue, settings.aggregator_queue):
+        assert len(env["tap"].of(rid, "UNAVAILABILITY_CREATED", queue)) == 1, queue

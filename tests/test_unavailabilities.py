@@ -8,17 +8,20 @@ from typing import Any
 
 import httpx
 import pytest
+import redis.exceptions
 from fastapi import FastAPI
 
 from api.security import Principal, create_access_token
+from core import unavailabilities
 from core.clock_queue import ClockQueue
-from core.documents import Restaurant, Role
+from core.documents import Restaurant, Role, UnavailabilityLog
 from core.messages import DeviceState, Event, EventType, utc_now
 from core.presence_store import PresenceStore, now_ms
 from core.settings import Settings
 from core.status import UnavailabilityReason
+from core.unannounced import unannounced
 from core.unavailabilities import UnavailabilityService
-from tests.devices import ALWAYS_OPEN, EventTap
+from tests.devices import ALWAYS_OPEN, EventTap, settle_time
 from tests.helpers import wait_until
 
 RID = "r-unav"
@@ -402,3 +405,73 @@ async def test_with_rabbitmq_away_the_change_stands_and_the_event_waits_in_the_o
     assert (await status_of(client, as_, online))[:2] == (False, "UNAVAILABLE")
     waiting = [Event.model_validate_json(raw) for raw in (await store.snapshot(online)).outbox.values()]
     assert [e.data["id"] for e in waiting if e.type is EventType.UNAVAILABILITY_CREATED] == [response.json()["id"]]
+
+
+async def test_a_change_committed_as_redis_goes_away_takes_effect_and_is_announced_when_it_answers(
+    client: httpx.AsyncClient, as_: Any, online: str, settings: Settings, app: FastAPI, store: PresenceStore,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Redis answers the lock, then goes away before the profile is copied: the change is in MongoDB only.
+    redis_away = True
+    real_refresh = unavailabilities.refresh_profile
+
+    async def refresh(*args: Any) -> Any:
+        if redis_away:
+            raise redis.exceptions.ConnectionError("Connection refused (as in a restart)")
+        return await real_refresh(*args)
+
+    monkeypatch.setattr(unavailabilities, "refresh_profile", refresh)
+    async with EventTap(settings) as tap:
+        response = await client.post(
+            f"/restaurants/{online}/unavailabilities",
+            json={"reason": "HOLIDAY", "end": iso(utc_now() + timedelta(hours=1))},
+            headers=as_(online),
+        )
+
+        assert response.status_code == 503, response.text
+        assert "is recorded" in response.json()["detail"] and "do not repeat" in response.json()["detail"]
+        uid = response.headers["Location"].rsplit("/", 1)[1]
+        log = await UnavailabilityLog.get(online)
+        assert log is not None and [item.id for item in log.items] == [uid]
+        [waiting] = log.unannounced  # committed with the change, in the same document
+        assert Event.model_validate_json(waiting.event).type is EventType.UNAVAILABILITY_CREATED
+        await settle_time(0.3)
+        assert not tap.of(online, "UNAVAILABILITY_CREATED")
+        assert await app.state.redis.zscore(ClockQueue(app.state.redis, settings.redis_prefix).key, online) is None
+
+        redis_away = False  # the service retries in the background
+
+        await wait_until(lambda: tap.of(online, "UNAVAILABILITY_CREATED"), 20, message="the event, once Redis is back")
+    assert await status_of(client, as_, online) == (False, "UNAVAILABLE", "HOLIDAY")
+    [event] = tap.of(online, "UNAVAILABILITY_CREATED")
+    assert event["event_id"] == Event.model_validate_json(waiting.event).event_id
+    assert event["data"]["id"] == uid
+    log = await UnavailabilityLog.get(online)
+    assert log is not None and log.unannounced == []
+    left = (await store.snapshot(online)).outbox.values()
+    assert not [raw for raw in left if "UNAVAILABILITY" in raw]
+    score = await app.state.redis.zscore(ClockQueue(app.state.redis, settings.redis_prefix).key, online)
+    assert score is not None and score <= now_ms()  # marked due: the scheduler settles it at once
+
+
+async def test_events_a_failed_request_left_in_mongodb_go_out_with_the_next_change(
+    client: httpx.AsyncClient, as_: Any, online: str, settings: Settings
+) -> None:
+    # An API that died between the commit and the Redis step left its event in the log.
+    left = Event(type=EventType.UNAVAILABILITY_CANCELLED, restaurant_id=online, data={"note": "left behind"})
+    await UnavailabilityLog(id=online, items=[], version=1, unannounced=[unannounced(left)]).insert()
+    async with EventTap(settings) as tap:
+        response = await client.post(
+            f"/restaurants/{online}/unavailabilities",
+            json={"reason": "OTHER", "end": iso(utc_now() + timedelta(hours=1))},
+            headers=as_(online),
+        )
+        assert response.status_code == 201, response.text
+
+        await wait_until(lambda: tap.of(online, "UNAVAILABILITY_CREATED"), 20, message="the new change's event")
+    assert [e["event_id"] for e in tap.of(online, "UNAVAILABILITY_CANCELLED")] == [left.event_id]
+    assert [e["type"] for e in tap.of(online) if e["type"].startswith("UNAVAILABILITY")] == [
+        "UNAVAILABILITY_CANCELLED", "UNAVAILABILITY_CREATED"
+    ]  # in commit order
+    log = await UnavailabilityLog.get(online)
+    assert log is not None and log.unannounced == []

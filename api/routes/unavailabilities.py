@@ -18,6 +18,7 @@ from core.documents import Role, UnavailabilityRecord
 from core.errors import UnknownRestaurant
 from core.messages import utc_now
 from core.unavailabilities import (
+    ChangeDeferred,
     InvalidUnavailability,
     UnavailabilityConflict,
     UnavailabilityService,
@@ -34,6 +35,10 @@ WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
     **AUTH_ERRORS,
     **NOT_FOUND,
     status.HTTP_409_CONFLICT: {"description": "already cancelled or ended, or too many scheduled"},
+    status.HTTP_503_SERVICE_UNAVAILABLE: {
+        "description": "Redis or MongoDB is away. If the detail says the change is recorded, it takes effect by "
+        "itself once Redis answers: do not repeat it (a create's Location names it)"
+    },
 }
 
 
@@ -61,6 +66,10 @@ def _public(restaurant_id: str, record: UnavailabilityRecord) -> UnavailabilityP
 
 def _not_found(exc: UnknownRestaurant | UnknownUnavailability) -> HTTPException:
     return HTTPException(status_code=status.HTTP_404_NOT_FOUND, detail=str(exc))
+
+
+def _deferred(exc: ChangeDeferred, headers: dict[str, str] | None = None) -> HTTPException:
+    return HTTPException(status_code=status.HTTP_503_SERVICE_UNAVAILABLE, detail=str(exc), headers=headers)
 
 
 def _invalid(where: str, field: str, message: str) -> RequestValidationError:
@@ -96,6 +105,8 @@ async def create_unavailability(
         raise _not_found(exc) from exc
     except UnavailabilityConflict as exc:
         raise HTTPException(status_code=status.HTTP_409_CONFLICT, detail=str(exc)) from exc
+    except ChangeDeferred as exc:
+        raise _deferred(exc, {"Location": f"/restaurants/{restaurant_id}/unavailabilities/{exc.uid}"}) from exc
     response.headers["Location"] = f"/restaurants/{restaurant_id}/unavailabilities/{record.id}"
     return _public(restaurant_id, record)
 
@@ -112,6 +123,8 @@ async def cancel_unavailability(
         raise _not_found(exc) from exc
     except UnavailabilityConflict as exc:
         raise HTTPException(status_code=status.HTTP_409_CONFLICT, detail=str(exc)) from exc
+    except ChangeDeferred as exc:
+        raise _deferred(exc) from exc
     return _public(restaurant_id, record)
 
 
