@@ -22,6 +22,7 @@ from core.db import open_mongo
 from core.documents import Restaurant, UnavailabilityLog, UnavailabilityRecord
 from core.horizons import STALE_MS as HORIZON_STALE_MS
 from core.horizons import Horizons
+from core.hours import OpeningHours
 from core.ids import status_topic
 from core.messages import DeviceState, Event, EventType, utc_now
 from core.presence_store import PresenceStore, RestaurantSnapshot, now_ms, outbox_field
@@ -707,3 +708,27 @@ async def test_a_change_an_api_committed_but_never_brought_to_redis_takes_effect
     assert [e["event_id"] for e in env["tap"].of(rid, "UNAVAILABILITY_CREATED")] == [created.event_id]
     for queue in (settings.dashboard_queue, settings.aggregator_queue):
         assert len(env["tap"].of(rid, "UNAVAILABILITY_CREATED", queue)) == 1, queue
+
+
+async def test_a_restaurant_queued_at_a_boundary_long_past_is_queued_at_its_next_one_in_one_claim(
+    env: dict[str, Any], stack: Any
+) -> None:
+    # A rebuild run while a bridge's horizon read 0 queued every restaurant at its first boundary of 1970.
+    settings, clock = env["settings"], env["clock"]
+    rid = unique("s-1970")
+    await make_restaurant(settings, stack, rid, hours=OpeningHours())  # opens and closes every day
+    async with running(settings) as scheduler:
+        await env["tap"].wait_for(rid, "STATUS_CHANGED")
+        before = scheduler.metrics.claimed._value.get()
+
+        await clock.schedule({rid: 36_000_000})  # 1970-01-01 10:00 UTC
+
+        async def queued_ahead() -> bool:
+            score = await env["store"].redis.zscore(clock.key, rid)
+            return score is not None and score > now_ms()
+
+        await wait_until(queued_ahead, 20, message="queued at its next boundary from now")
+        # Not a walk through the boundaries since (the code before walked: 10 claims here): one, two if raced.
+        assert scheduler.metrics.claimed._value.get() - before <= 2
+        await settle_time(0.5)
+    assert len(env["tap"].of(rid, "STATUS_CHANGED")) == 1  # and nothing announced again
