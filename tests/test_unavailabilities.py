@@ -72,6 +72,12 @@ async def status_of(client: httpx.AsyncClient, as_: Any, rid: str) -> tuple[bool
     return body["online"], body["reason"], body["detail"]
 
 
+async def start_one_now(client: httpx.AsyncClient, as_: Any, rid: str, reason: str) -> httpx.Response:
+    """POST an unavailability of an hour starting now, as the restaurant."""
+    body = {"reason": reason, "end": iso(utc_now() + timedelta(hours=1))}
+    return await client.post(f"/restaurants/{rid}/unavailabilities", json=body, headers=as_(rid))
+
+
 def errors_of(response: httpx.Response) -> str:
     """The 422 messages as one string, each prefixed by where it points."""
     assert response.status_code == 422, response.text
@@ -422,11 +428,7 @@ async def test_a_change_committed_as_redis_goes_away_takes_effect_and_is_announc
 
     monkeypatch.setattr(unavailabilities, "refresh_profile", refresh)
     async with EventTap(settings) as tap:
-        response = await client.post(
-            f"/restaurants/{online}/unavailabilities",
-            json={"reason": "HOLIDAY", "end": iso(utc_now() + timedelta(hours=1))},
-            headers=as_(online),
-        )
+        response = await start_one_now(client, as_, online, "HOLIDAY")
 
         assert response.status_code == 503, response.text
         assert "is recorded" in response.json()["detail"] and "do not repeat" in response.json()["detail"]
@@ -461,11 +463,7 @@ async def test_events_a_failed_request_left_in_mongodb_go_out_with_the_next_chan
     left = Event(type=EventType.UNAVAILABILITY_CANCELLED, restaurant_id=online, data={"note": "left behind"})
     await UnavailabilityLog(id=online, items=[], version=1, unannounced=[unannounced(left)]).insert()
     async with EventTap(settings) as tap:
-        response = await client.post(
-            f"/restaurants/{online}/unavailabilities",
-            json={"reason": "OTHER", "end": iso(utc_now() + timedelta(hours=1))},
-            headers=as_(online),
-        )
+        response = await start_one_now(client, as_, online, "OTHER")
         assert response.status_code == 201, response.text
 
         await wait_until(lambda: tap.of(online, "UNAVAILABILITY_CREATED"), 20, message="the new change's event")
