@@ -18,6 +18,7 @@ import socket
 import termios
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -70,9 +71,20 @@ class BrokerLink:
     (epoch, state) rule makes harmless.
     """
 
-    def __init__(self, url: str, index: int, settings: Settings, instance: str, inbox: Inbox[Inbound]) -> None:
+    def __init__(
+        self,
+        url: str,
+        index: int,
+        settings: Settings,
+        instance: str,
+        inbox: Inbox[Inbound],
+        on_published: Callable[[int, int], None] | None = None,
+    ) -> None:
+        """`on_published(index, mid)`: the broker acknowledged a QoS 1 publish of this link (on the loop)."""
         parts = urlsplit(url)
         self.url = url
+        self.index = index
+        self.on_published = on_published
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or (9001 if parts.scheme == "ws" else 1883)
         self.transport = "websockets" if parts.scheme == "ws" else "tcp"
@@ -128,6 +140,7 @@ class BrokerLink:
         client.on_message = self._on_message
         client.on_lean_message = self._take
         client.on_subscribe = self._on_subscribe
+        client.on_publish = self._on_publish
         client.on_socket_open = self._on_socket_open
         client.on_socket_close = self._on_socket_close
         client.on_socket_register_write = self._on_register_write
@@ -384,6 +397,12 @@ class BrokerLink:
         self._on_loop(lambda: self._loop.remove_writer(fd) if self._loop and fd >= 0 else None)
 
     # --- paho's protocol callbacks, on the loop
+
+    def _on_publish(self, client: mqtt.Client, _u: Any, mid: int, _reason: Any, _p: Any) -> None:
+        # On the loop (paho is driven from it). paho keeps a QoS 1 message across reconnects and sends it
+        # again, so every publish it took is acknowledged here in the end, once.
+        if client is self._client and self.on_published is not None:
+            self.on_published(self.index, mid)
 
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         if client is not self._client:
