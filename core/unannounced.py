@@ -19,14 +19,22 @@ FerretDB 1.24 applies `$pull` with a condition as a no-op, so the list is rewrit
 from collections.abc import AsyncIterator
 from typing import Any
 
+from core.clock_queue import ClockQueue
 from core.documents import Unannounced, UnavailabilityLog
 from core.messages import Event
 from core.presence_store import PresenceStore, outbox_field
+from core.restaurant_admin import refresh_profile
 
 
 def unannounced(event: Event) -> Unannounced:
     """The entry to commit with the change: its outbox field is named now, at the commit."""
     return Unannounced(field=outbox_field(), event=event.model_dump_json())
+
+
+async def take_effect(store: PresenceStore, clock: ClockQueue, restaurant_id: str) -> list[tuple[str, Event]]:
+    """Under the restaurant's lock: the profile to Redis (marked due), then `hand_over`; returns its events."""
+    await refresh_profile(store, clock, restaurant_id)
+    return await hand_over(store, restaurant_id)
 
 
 async def hand_over(store: PresenceStore, restaurant_id: str) -> list[tuple[str, Event]]:

@@ -32,10 +32,10 @@ from core.documents import Restaurant, UnavailabilityLog, UnavailabilityRecord
 from core.errors import PresenceError, UnknownRestaurant
 from core.messages import Event, EventType, utc_now
 from core.presence_store import PresenceStore
-from core.restaurant_admin import RestaurantBusy, refresh_profile, restaurant_lock
+from core.restaurant_admin import RestaurantBusy, restaurant_lock
 from core.settings import Settings
 from core.status import UnavailabilityReason
-from core.unannounced import hand_over, unannounced
+from core.unannounced import take_effect, unannounced
 
 logger = logging.getLogger(__name__)
 
@@ -283,7 +283,7 @@ class UnavailabilityService:
         try:
             async with restaurant_lock(self.store, restaurant_id):
                 record = await self._write(restaurant_id, change, kind, at)
-                handed = await self._take_effect(restaurant_id)
+                handed = await take_effect(self.store, self.clock, restaurant_id)
         except STORE_OUTAGES as exc:
             if record is None:
                 raise  # nothing committed (or not known to be: the rebuild hands over what was)
@@ -293,11 +293,6 @@ class UnavailabilityService:
             raise ChangeDeferred(restaurant_id, record.id) from exc
         await self._announce(restaurant_id, handed)
         return record
-
-    async def _take_effect(self, restaurant_id: str) -> list[tuple[str, Event]]:
-        """Under the lock: the profile to Redis (marked due), then the committed events to the outbox."""
-        await refresh_profile(self.store, self.clock, restaurant_id)
-        return await hand_over(self.store, restaurant_id)
 
     def _finish_later(self, restaurant_id: str) -> None:
         task = asyncio.create_task(self._finish(restaurant_id), name=f"finish-{restaurant_id}")
@@ -312,7 +307,7 @@ class UnavailabilityService:
             await asyncio.sleep(delay)
             try:
                 async with restaurant_lock(self.store, restaurant_id):
-                    handed = await self._take_effect(restaurant_id)
+                    handed = await take_effect(self.store, self.clock, restaurant_id)
             except STORE_OUTAGES as exc:
                 if time.monotonic() + delay > deadline:
                     logger.warning("the change of %s still waits for Redis (%r); left to the scheduler's rebuild",

@@ -25,7 +25,7 @@ from core.profiles import all_profiles
 from core.restaurant_admin import refresh_profile, restaurant_lock
 from core.status import next_clock_boundary
 from core.status_service import StatusService
-from core.unannounced import hand_over, pending_restaurants
+from core.unannounced import pending_restaurants, take_effect
 from scheduler.metrics import SchedulerMetrics
 from scheduler.retry import Abandoned
 from scheduler.status_publisher import Retry, StatusPublisher
@@ -94,8 +94,7 @@ class Rebuilder:
                 raise Abandoned("finishing changes")
             try:
                 async with restaurant_lock(self.store, rid):
-                    await refresh_profile(self.store, self.clock, rid)
-                    handed = await hand_over(self.store, rid)
+                    handed = await take_effect(self.store, self.clock, rid)
             except PresenceError as exc:  # removed, or its lock held longer than we wait: the next rebuild
                 logger.info("rebuild: the change of %s not finished: %s", rid, exc)
                 continue

@@ -12,7 +12,7 @@ import redis.exceptions
 from fastapi import FastAPI
 
 from api.security import Principal, create_access_token
-from core import unavailabilities
+from core import unannounced as unannounced_module
 from core.clock_queue import ClockQueue
 from core.documents import Restaurant, Role, UnavailabilityLog
 from core.messages import DeviceState, Event, EventType, utc_now
@@ -419,14 +419,14 @@ async def test_a_change_committed_as_redis_goes_away_takes_effect_and_is_announc
 ) -> None:
     # Redis answers the lock, then goes away before the profile is copied: the change is in MongoDB only.
     redis_away = True
-    real_refresh = unavailabilities.refresh_profile
+    real_refresh = unannounced_module.refresh_profile
 
     async def refresh(*args: Any) -> Any:
         if redis_away:
             raise redis.exceptions.ConnectionError("Connection refused (as in a restart)")
         return await real_refresh(*args)
 
-    monkeypatch.setattr(unavailabilities, "refresh_profile", refresh)
+    monkeypatch.setattr(unannounced_module, "refresh_profile", refresh)
     async with EventTap(settings) as tap:
         response = await start_one_now(client, as_, online, "HOLIDAY")
 
