@@ -156,6 +156,14 @@ class PresenceStore:
     async def snapshot(self, restaurant_id: str) -> RestaurantSnapshot:
         return (await self.snapshots([restaurant_id]))[0]
 
+    async def lacking_profile(self, restaurant_ids: Sequence[str]) -> list[str]:
+        """The ids whose hash holds no profile: one HEXISTS each, in one round trip, nothing parsed."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for rid in restaurant_ids:
+                pipe.hexists(self.key(rid), "p")
+            held: list[int] = await pipe.execute()
+        return [rid for rid, has in zip(restaurant_ids, held, strict=True) if not has]
+
     async def put_profiles(self, profiles: dict[str, str]) -> None:
         """Mirror profiles from MongoDB in one round trip; a profile Redis already holds is kept."""
         async with self.redis.pipeline(transaction=False) as pipe:
