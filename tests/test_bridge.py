@@ -652,3 +652,59 @@ async def test_a_batch_retried_after_its_facts_were_applied_still_settles_them(e
         assert not (await status_of(service, rid)()).online
         await settle_time(0.5)
         assert len(tap.of(rid, "DEVICE_OFFLINE")) == 1  # the retried batch published its event once
+
+
+@ONE_BROKER
+async def test_statuses_settled_while_device_events_are_confirmed_still_follow_them(
+    env: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The bridge settles a batch's restaurants while their DEVICE_ONLINE events wait for RabbitMQ's
+    # confirms, and settles its next few hundred while the last ones' STATUS_CHANGED wait. Slow
+    # confirms of the device events (here 0.3 s each) must still not let any STATUS_CHANGED overtake.
+    settings, tap = env["settings"], env["tap"]
+    monkeypatch.setattr("bridge.worker.SETTLE_BATCH", 4)  # 30 restaurants: 8 batches, each overlapping the next
+    rids = [f"r-overlap-{n:02d}-{uuid.uuid4().hex[:6]}" for n in range(30)]
+    async with running_bridge(settings) as bridge:
+        await bridge.store.put_profiles({rid: profile_json("A", "UTC", ALWAYS_OPEN) for rid in rids})
+        publish, settle_batch = bridge.publisher.publish, bridge.status.settle_batch
+        confirming: list[str] = []  # DEVICE_ONLINE events not confirmed yet
+        overlapped: list[int] = []  # how many were still unconfirmed as each batch began to settle
+
+        async def slow_device_events(event: Any) -> None:
+            if event.type.value == "DEVICE_ONLINE":
+                confirming.append(event.restaurant_id)
+                await asyncio.sleep(0.3)
+                await publish(event)
+                confirming.remove(event.restaurant_id)
+            else:
+                assert event.restaurant_id not in confirming, "a STATUS_CHANGED before its device event"
+                await publish(event)
+
+        async def settling(restaurant_ids: Sequence[str], *args: Any, **kwargs: Any) -> Any:
+            if set(restaurant_ids) <= set(rids):  # not a sweep's settle of an earlier test's restaurant
+                overlapped.append(len(confirming))
+            return await settle_batch(restaurant_ids, *args, **kwargs)
+
+        monkeypatch.setattr(bridge.publisher, "publish", slow_device_events)
+        monkeypatch.setattr(bridge.status, "settle_batch", settling)
+        link, now = bridge.links[0], time.monotonic()
+        births = [
+            (Inbound(link, f"restaurants/{rid}/devices/tablet/presence", b"{}", 1, False, 0, now), rid, "tablet", 1,
+             DeviceState.ONLINE, None)
+            for rid in rids
+        ]  # fmt: skip
+        await bridge._apply_presence(births)  # one batch, as a storm's births arrive
+        for rid in rids:
+            await tap.wait_for(rid, "STATUS_CHANGED")
+        await settle_time(0.5)
+        expected = ["DEVICE_ONLINE", "STATUS_CHANGED"]
+        for queue in (settings.dashboard_queue, settings.aggregator_queue):
+            for rid in rids:
+                assert [e["type"] for e in tap.of(rid, queue=queue)] == expected, (rid, queue)
+        assert bridge.metrics.registry.get_sample_value("bridge_status_changes_total") == len(rids)
+        assert len(overlapped) == 8 and max(overlapped) == len(rids)  # settled while the confirms were awaited
+
+        async def all_confirmed() -> bool:
+            return all([await outbox_empty(bridge.store, rid) for rid in rids])
+
+        await wait_until(all_confirmed, 10, message="events or retained statuses still held")
