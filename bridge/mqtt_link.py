@@ -32,6 +32,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bridge.inbox import Inbox
 from bridge.lean_client import LeanClient
+from bridge.retained_window import RetainedWindow
 from core.ids import HEARTBEAT_FILTER, PRESENCE_FILTER, STATUS_FILTER
 from core.settings import Settings
 from core.task_stop import cancel_and_wait
@@ -44,6 +45,7 @@ MISC_INTERVAL_S = 1.0
 KEEPALIVE_S = 30
 TICK_EVERY_S = 0.25  # how often a link sends itself a tick through its broker (`heard_up_to_ms`)
 TICK_FIRST_S = 30.0  # a connection whose ticks never come back (a broker's ACL without them) is not waited for
+RETAINED_WINDOW = 1_000  # retained statuses sent and not acknowledged yet, per link (bridge/retained_window.py)
 RECEIVE_MAXIMUM = 65_535  # QoS 1 messages the broker may send before the bridge's first PUBACK (MQTT 5's most)
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.5, 30.0
 
@@ -78,13 +80,13 @@ class BrokerLink:
         settings: Settings,
         instance: str,
         inbox: Inbox[Inbound],
-        on_published: Callable[[int, int], None] | None = None,
+        on_retained_acked: Callable[[int], None] | None = None,
     ) -> None:
-        """`on_published(index, mid)`: the broker acknowledged a QoS 1 publish of this link (on the loop)."""
+        """`on_retained_acked(token)`: the broker acknowledged a `publish_retained` of this link (on the loop)."""
         parts = urlsplit(url)
         self.url = url
         self.index = index
-        self.on_published = on_published
+        self.retained = RetainedWindow(RETAINED_WINDOW, on_retained_acked or (lambda _token: None))
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or (9001 if parts.scheme == "ws" else 1883)
         self.transport = "websockets" if parts.scheme == "ws" else "tcp"
@@ -134,7 +136,7 @@ class BrokerLink:
             reconnect_on_failure=False,  # the loop reconnects, with backoff and jitter
         )
         client.username_pw_set(self.settings.mqtt_username, self.settings.mqtt_password)
-        client.max_inflight_messages_set(1000)
+        client.max_inflight_messages_set(0)  # no limit in paho: `self.retained` holds back what waits
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
@@ -235,6 +237,7 @@ class BrokerLink:
             self._fell_back = True
             self.mqtt5 = False
             old, self._client = self._client, self._new_client()
+            self.retained.client_replaced()
             self._detach()
             old.disconnect()
             self._schedule_connect(0.0)
@@ -401,10 +404,10 @@ class BrokerLink:
     def _on_publish(self, client: mqtt.Client, _u: Any, mid: int, _reason: Any, _p: Any) -> None:
         # On the loop (paho is driven from it). paho keeps a QoS 1 message across reconnects and sends it
         # again, so every publish it took is acknowledged here in the end, once.
-        if client is self._client and self.on_published is not None:
-            self.on_published(self.index, mid)
+        if client is self._client:
+            self.retained.acked(client, mid)
 
-    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, properties: Any) -> None:
         if client is not self._client:
             return
         if reason.is_failure:
@@ -436,6 +439,7 @@ class BrokerLink:
             )
         else:
             _, self._reconcile_mid = client.subscribe([(STATUS_FILTER, 1), (PRESENCE_FILTER, 1), (HEARTBEAT_FILTER, 0)])
+        self.retained.connected(client, getattr(properties, "ReceiveMaximum", None) if self.mqtt5 else None)
 
     def _on_subscribe(self, _c: mqtt.Client, _u: Any, mid: int, _r: Any, _p: Any) -> None:
         if mid == self._reconcile_mid:
@@ -491,5 +495,6 @@ class BrokerLink:
         self.reconciling = False
         self._client.unsubscribe([PRESENCE_FILTER, STATUS_FILTER] if self.mqtt5 else STATUS_FILTER)
 
-    def publish_retained(self, topic: str, payload: bytes) -> mqtt.MQTTMessageInfo:
-        return self._client.publish(topic, payload, qos=1, retain=True)
+    def publish_retained(self, topic: str, payload: bytes, token: int) -> None:
+        """QoS 1, retained, in order; sent once connected and the window has room, acknowledged by `token`."""
+        self.retained.put(self._client, self.connected, (topic, payload, token))

@@ -14,7 +14,6 @@ from functools import partial
 
 import aio_pika.exceptions
 import aiormq.exceptions
-import paho.mqtt.client as mqtt
 import pymongo.errors
 import redis.exceptions
 from prometheus_client import start_http_server
@@ -89,11 +88,11 @@ class Bridge:
         self._applying: Inbound | None = None  # the first message of the batch being applied
         self.links: list[BrokerLink] = []
         self._known: set[str] = set()
-        # Retained statuses paho took, by (link, mid) until the broker's PUBACK moves them to `_retained_acked`
-        # (`_on_retained_acked`); those published while their link was down, by link, to send once it is up.
-        self._retained_inflight: dict[tuple[int, int], tuple[str, str]] = {}
+        # Retained statuses published, by token until the broker's PUBACK moves them to `_retained_acked`
+        # (`_on_retained_acked`); a link holds them, in order, while it is down (bridge/retained_window.py).
+        self._retained_inflight: dict[int, tuple[str, str]] = {}
         self._retained_acked: list[tuple[str, str]] = []
-        self._retained_unsent: dict[int, list[tuple[str, str]]] = defaultdict(list)
+        self._retained_tokens = itertools.count()
         self.metrics_port: int | None = None
         self._retained_after_start: list[tuple[str, str]] = []
         self._held_wills: list[tuple[float, PresenceRow]] = []
@@ -121,7 +120,7 @@ class Bridge:
                                                decode_responses=True, connection_class=PackedConnection)  # fmt: skip
         redis = Redis.from_pool(pool)  # owns the pool: aclose() closes its connections
         mongo = await open_mongo(self.settings)
-        self.publisher = EventPublisher(self.settings)
+        self.publisher = EventPublisher(self.settings, confirm_timeout_s=PUBLISH_TIMEOUT_S)
         await self.publisher.open()
         self.store = PresenceStore(redis, self.settings.redis_prefix)
         # Its own connection: a storm's settles can hold all of the pool's, and a horizon that waited its turn
@@ -152,7 +151,7 @@ class Bridge:
             for link in self.links:
                 await link.start()
             for rid, status_json in self._retained_after_start:
-                self._publish_retained(rid, status_json)  # paho queues them until connected
+                self._publish_retained(rid, status_json)  # each link holds them until connected
             tasks = [
                 asyncio.create_task(self._sweep_loop(), name="sweep"),
                 asyncio.create_task(self._convergence_loop(), name="convergence"),
@@ -522,24 +521,22 @@ class Bridge:
                 logger.info("could not flush held events (%s)", exc)
 
     def _publish_retained(self, restaurant_id: str, status_json: str) -> None:
-        index = shard_of(restaurant_id, len(self.links))
-        info = self.links[index].publish_retained(status_topic(restaurant_id), status_json.encode())
-        if info.rc == mqtt.MQTT_ERR_SUCCESS:
-            self._retained_inflight[(index, info.mid)] = (restaurant_id, status_json)
-        else:  # not connected when it was published: sent again once the link is up
-            self._retained_unsent[index].append((restaurant_id, status_json))
+        token = next(self._retained_tokens)
+        self._retained_inflight[token] = (restaurant_id, status_json)
+        link = self.links[shard_of(restaurant_id, len(self.links))]
+        link.publish_retained(status_topic(restaurant_id), status_json.encode(), token)
 
-    def _on_retained_acked(self, index: int, mid: int) -> None:
-        item = self._retained_inflight.pop((index, mid), None)
+    def _on_retained_acked(self, token: int) -> None:
+        item = self._retained_inflight.pop(token, None)
         if item is not None:
             self._retained_acked.append(item)
 
     def _retained_waiting(self) -> bool:
-        return bool(self._retained_inflight or self._retained_acked or any(self._retained_unsent.values()))
+        return bool(self._retained_inflight or self._retained_acked)
 
     async def _check_retained(self, wait: bool = False) -> None:
-        """Forget queued retained statuses the broker has acknowledged; send again what never left, and
-        the committed status where another writer's newer one may have landed first (`clear_status_outboxes`).
+        """Forget retained statuses the broker has acknowledged; send the committed status again where
+        another writer's newer one may have landed first (`clear_status_outboxes`).
 
         Only what changed is looked at: the PUBACKs arrive through `_on_retained_acked`. Looking at every
         queued status on every pass (`MQTTMessageInfo.is_published`, a lock each) took 82 % of the bridge
@@ -548,11 +545,6 @@ class Bridge:
         """
         deadline = time.monotonic() + (5 if wait else 0)
         while True:
-            for index, unsent in list(self._retained_unsent.items()):
-                if unsent and self.links[index].connected:
-                    del self._retained_unsent[index]
-                    for rid, payload in unsent:
-                        self._publish_retained(rid, payload)
             if self._retained_acked:
                 # Taken, not read in place: the sweep may settle (and queue more) while this awaits Redis.
                 acked, self._retained_acked = self._retained_acked, []
