@@ -60,11 +60,11 @@ class EventOutbox:
             self._hold(restaurant_id)
             return False
         try:
-            # One timer for the restaurant's events (one or two), not one each; not wait_for, a task each.
-            async with asyncio.timeout(self.timeout_s * len(items)):
-                for _name, event in items:
-                    await self.publisher.publish(event)
-                    self.metrics.events_published.inc()
+            # Each confirm is awaited at most the publisher's `confirm_timeout_s` (a TimeoutError then): one
+            # timer for all, where an `asyncio.timeout` per restaurant was ~10% of the bridge in a storm.
+            for _name, event in items:
+                await self.publisher.publish(event)
+                self.metrics.events_published.inc()
         except PUBLISH_OUTAGES as exc:
             if not self.down:
                 logger.warning("RabbitMQ is away (%s: %s); events wait in Redis", type(exc).__name__, exc)

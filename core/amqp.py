@@ -56,8 +56,10 @@ class EventPublisher:
     also declares the topology again after RabbitMQ comes back empty.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, confirm_timeout_s: float | None = None) -> None:
+        """`confirm_timeout_s`: a publish whose confirm is not back by then fails with a `TimeoutError`."""
         self.settings = settings
+        self.confirm_timeout_s = confirm_timeout_s
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None
         self._events: LeanPublisher | None = None
@@ -66,7 +68,8 @@ class EventPublisher:
         self._connection = await connect_robust(self.settings)
         self._channel = await self._connection.channel(publisher_confirms=True)
         await declare_topology(self._channel, self.settings)
-        self._events = LeanPublisher(self.settings.amqp_url, self.settings.exchange, retry_after_s=RECONNECT_INTERVAL_S)
+        self._events = LeanPublisher(self.settings.amqp_url, self.settings.exchange, retry_after_s=RECONNECT_INTERVAL_S,
+                                     confirm_timeout_s=self.confirm_timeout_s)  # fmt: skip
         await self._events.connect()
 
     async def close(self) -> None:

@@ -16,6 +16,11 @@ exchange missing) ends the connection. The next publish connects again, at most 
 A publish's frames go out in call order on one channel, so RabbitMQ routes them in that order.
 There is no flow control beyond the callers': each publish waits for its confirm, and the callers bound
 how many are in flight (the bridge: 500 restaurants at once).
+
+A confirm not back within `confirm_timeout_s` fails its publish with a `TimeoutError` (an `OSError`, so
+one of `PUBLISH_OUTAGES`). One timer serves every waiting publish, in tag order: the bridge once put an
+`asyncio.timeout` around each restaurant's publishes, and those timers were ~10% of its CPU in a storm
+of births (py-spy, 2026-11-28).
 """
 
 import asyncio
@@ -24,7 +29,9 @@ import logging
 import ssl
 import struct
 import time
+from collections import deque
 from dataclasses import dataclass
+from functools import partial
 from typing import cast
 from urllib.parse import unquote, urlsplit
 
@@ -109,8 +116,11 @@ def content_frames(body: bytes, content_type: str, message_id: str, message_type
 class _Connection(asyncio.Protocol):
     """One connection with one channel in confirm mode."""
 
-    def __init__(self) -> None:
+    def __init__(self, confirm_timeout_s: float | None = None) -> None:
         self.loop = asyncio.get_running_loop()
+        self.confirm_timeout_s = confirm_timeout_s
+        self.deadlines: deque[tuple[float, int]] = deque()  # (loop time, tag) of each publish, in tag order
+        self._expiry: asyncio.TimerHandle | None = None
         self.transport: asyncio.Transport | None = None
         self.received = bytearray()
         self.replies: asyncio.Queue[Frame | ConnectionError] = asyncio.Queue()
@@ -193,7 +203,23 @@ class _Connection(asyncio.Protocol):
         self.out.append(frames)
         if len(self.out) == 1:
             self.loop.call_soon(self._write)
+        if self.confirm_timeout_s is not None:
+            self.deadlines.append((self.loop.time() + self.confirm_timeout_s, self.tag))
+            if self._expiry is None:
+                self._expiry = self.loop.call_at(self.deadlines[0][0], self._expire)
         return waiter
+
+    def _expire(self) -> None:
+        """Fail the publishes whose confirm is overdue; then wait for the oldest still waiting."""
+        self._expiry = None
+        now, deadlines = self.loop.time(), self.deadlines
+        while deadlines and (deadlines[0][0] <= now or deadlines[0][1] not in self.pending):
+            _at, tag = deadlines.popleft()
+            waiter = self.pending.pop(tag, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(TimeoutError(f"RabbitMQ did not confirm within {self.confirm_timeout_s} s"))
+        if deadlines and self.failure is None:
+            self._expiry = self.loop.call_at(deadlines[0][0], self._expire)
 
     def _write(self) -> None:
         if self.out and self.failure is None and self.transport is not None:
@@ -274,6 +300,9 @@ class _Connection(asyncio.Protocol):
         self.failure = failure
         if self._beat is not None:
             self._beat.cancel()
+        if self._expiry is not None:
+            self._expiry.cancel()
+        self.deadlines.clear()
         for waiter in self.pending.values():
             if not waiter.done():
                 waiter.set_exception(failure)
@@ -292,8 +321,10 @@ class LeanPublisher:
         content_type: str = "application/json",
         connect_timeout_s: float = 5.0,
         retry_after_s: float = 1.0,
+        confirm_timeout_s: float | None = None,
     ) -> None:
         self.endpoint = Endpoint.from_url(url)
+        self.confirm_timeout_s = confirm_timeout_s
         self.exchange = exchange
         self.content_type = content_type
         self.connect_timeout_s = connect_timeout_s
@@ -331,7 +362,7 @@ class LeanPublisher:
                 async with asyncio.timeout(self.connect_timeout_s):
                     context = ssl.create_default_context() if e.tls else None
                     _transport, connection = await asyncio.get_running_loop().create_connection(
-                        _Connection, e.host, e.port, ssl=context
+                        partial(_Connection, self.confirm_timeout_s), e.host, e.port, ssl=context
                     )
                     await connection.open(e)
             except (OSError, ConnectionError) as exc:  # TimeoutError is an OSError

@@ -1,5 +1,6 @@
 """A loopback TCP relay a test can cut: one worker loses RabbitMQ (connections reset, new ones refused)
-while the shared server, and every other test using it, carries on."""
+while the shared server, and every other test using it, carries on. It can also hold the server's
+replies back (a server that takes the messages and goes quiet) and let them through later."""
 
 import asyncio
 import contextlib
@@ -16,6 +17,7 @@ class CuttableRelay:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._pumps: set[asyncio.Task[None]] = set()
+        self._held: list[tuple[asyncio.StreamWriter, bytes]] | None = None  # replies held back, while holding
 
     async def open(self) -> None:
         """Listen (again, on the same port) and relay every connection to the target."""
@@ -34,6 +36,14 @@ class CuttableRelay:
             pump.cancel()
         await asyncio.gather(*self._pumps, return_exceptions=True)
 
+    def hold_replies(self) -> None:
+        self._held = []
+
+    def release_replies(self) -> None:
+        held, self._held = self._held or [], None
+        for sink, data in held:
+            sink.write(data)
+
     async def close(self) -> None:
         await self.cut()
 
@@ -44,14 +54,17 @@ class CuttableRelay:
             writer.transport.abort()
             return
         self._writers.update((writer, up_writer))
-        for source, sink in ((reader, up_writer), (up_reader, writer)):
-            pump = asyncio.create_task(self._pump(source, sink))
+        for source, sink, replies in ((reader, up_writer, False), (up_reader, writer, True)):
+            pump = asyncio.create_task(self._pump(source, sink, replies))
             self._pumps.add(pump)
             pump.add_done_callback(self._pumps.discard)
 
-    async def _pump(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+    async def _pump(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter, replies: bool) -> None:
         try:
             while data := await source.read(CHUNK):
+                if replies and self._held is not None:
+                    self._held.append((sink, data))
+                    continue
                 sink.write(data)
                 await sink.drain()
         except (OSError, asyncio.IncompleteReadError):

@@ -157,6 +157,39 @@ async def test_a_cut_connection_fails_what_waits_refuses_quickly_then_publishes_
     assert ids in (["before", "after"], ["before", "cut", "after"])
 
 
+async def test_a_confirm_not_back_in_time_fails_its_own_publish_and_the_connection_goes_on(
+    settings: Settings, exchange: tuple[str, aio_pika.abc.AbstractQueue]
+) -> None:
+    name, queue = exchange
+    at = urlsplit(settings.amqp_url)
+    relay = CuttableRelay(at.hostname or "127.0.0.1", at.port or 5672)
+    await relay.open()
+    url = settings.amqp_url.replace(f":{at.port}/", f":{relay.port}/")
+    publisher = LeanPublisher(url, name, confirm_timeout_s=0.5)
+    loop = asyncio.get_running_loop()
+    try:
+        await publisher.publish(b"{}", "before", "T")
+        relay.hold_replies()  # RabbitMQ takes the messages and says nothing
+        started = loop.time()
+        first = asyncio.ensure_future(publisher.publish(b"{}", "unconfirmed 1", "T"))
+        await asyncio.sleep(0.3)
+        second = asyncio.ensure_future(publisher.publish(b"{}", "unconfirmed 2", "T"))
+        with pytest.raises(TimeoutError, match=r"did not confirm within 0\.5 s"):
+            await asyncio.wait_for(first, 10)
+        assert isinstance(TimeoutError(), PUBLISH_OUTAGES)  # the bridge then holds the events in Redis
+        assert not second.done()  # each publish waits its own time, not the oldest one's
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(second, 10)
+        assert loop.time() - started >= 0.8 - 0.05
+        relay.release_replies()  # the late confirms come, and are ignored
+        await asyncio.wait_for(publisher.publish(b"{}", "after", "T"), 10)  # the same connection
+    finally:
+        await publisher.close()
+        await relay.close()
+    ids = [m.message_id for m in await asyncio.wait_for(received(queue, 0, last="after"), 10)]
+    assert ids == ["before", "unconfirmed 1", "unconfirmed 2", "after"]  # they were delivered, only late
+
+
 def test_it_publishes_under_uvloop_as_the_api_runs_it(settings: Settings) -> None:
     """uvicorn runs the API on uvloop, whose transports are not asyncio's classes."""
 
