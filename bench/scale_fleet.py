@@ -46,6 +46,13 @@ for i = 3, #ARGV do
 end
 return n
 """
+NOT_IN_CORE = """
+local out = {}
+for i = 3, #ARGV do
+  if redis.call('HGET', ARGV[1] .. ARGV[i], 'sc') ~= ARGV[2] then out[#out + 1] = ARGV[i] end
+end
+return out
+"""
 
 
 def secret_for(rid: str) -> str:
@@ -83,6 +90,16 @@ def count_core(redis: Redis, settings: Settings, ids: Sequence[str], core: str =
     for start in range(0, len(ids), 10_000):
         total += int(script(args=[f"{settings.redis_prefix}r:", core, *ids[start : start + 10_000]]))
     return total
+
+
+def not_in_core(redis: Redis, settings: Settings, ids: Sequence[str], core: str = ONLINE_CORE) -> list[str]:
+    """The ids of `ids` whose committed status is not `core` (yet): the storm polls only those again, so
+    its poll costs Redis and this process less and less, not 100,000 reads a second throughout."""
+    script = redis.register_script(NOT_IN_CORE)
+    out: list[str] = []
+    for start in range(0, len(ids), 10_000):
+        out += [str(rid) for rid in script(args=[f"{settings.redis_prefix}r:", core, *ids[start : start + 10_000]])]
+    return out
 
 
 @dataclass
