@@ -192,17 +192,23 @@ class Bridge:
                 await self._run_batch(self._release_wills, [])
             await self._check_retained()
         # SIGTERM: stop reading from the brokers but stay connected, so the drained batches can still be
-        # acknowledged and their retained statuses published; then disconnect.
+        # acknowledged and their retained statuses published; then disconnect. Draining is bounded: the
+        # 100,000 fleet's own stop left ~50,000 messages and as many held wills at the bridge's SIGTERM,
+        # and applying them all ran past the 30 s after which the bridge was killed (2026-11-28).
         for link in self.links:
             link.pause_reading()
-        while not self._gave_up and (batch := await self.inbox.take(self.settings.heartbeat_batch_max, wait_s=0)):
+        batch_max = self.settings.heartbeat_batch_max
+        while self._may_drain() and (batch := await self.inbox.take(batch_max, wait_s=0)):
             await self._run_batch(partial(self._process, batch), batch)
-        if self._gave_up:
-            logger.warning("stopping with a backing service away: %d message(s) and %d held will(s) left "
-                           "unacknowledged; this bridge's MQTT session keeps them for the next start",
-                           len(self.inbox), len(self._held_wills))  # fmt: skip
-        else:
-            await self._run_batch(partial(self._release_wills, everything=True), [])
+        while self._may_drain() and (held := len(self._held_wills)):
+            await self._run_batch(partial(self._release_wills, everything=True, at_most=batch_max), [])
+            if len(self._held_wills) == held:
+                break  # the batch failed (logged by `_run_batch`): the rest is left to the session
+        if self.inbox or self._held_wills:
+            why = "a backing service away" if self._gave_up else f"{self.settings.bridge_stop_drain_s:g} s of draining"
+            logger.warning("stopping with %s: %d message(s) and %d held will(s) left unacknowledged; this "
+                           "bridge's MQTT session keeps them for the next start",
+                           why, len(self.inbox), len(self._held_wills))  # fmt: skip
         if self.outbox.backlog:
             try:  # what still waits stays in Redis for the next bridge's start
                 await asyncio.wait_for(self.outbox.flush(), STOP_FLUSH_S)
@@ -217,15 +223,22 @@ class Bridge:
             return 0.2
         return max(0.0, min(0.2, self._held_wills[0][0] - time.monotonic()))
 
-    async def _release_wills(self, everything: bool = False) -> None:
-        """Apply the wills whose grace is over (a newer birth meanwhile makes the rule ignore them)."""
+    def _may_drain(self) -> bool:
+        """After SIGTERM: neither given up on a backing service nor past `bridge_stop_drain_s`."""
+        assert self._stop_at is not None
+        return not self._gave_up and time.monotonic() - self._stop_at < self.settings.bridge_stop_drain_s
+
+    async def _release_wills(self, everything: bool = False, at_most: int | None = None) -> None:
+        """Apply the wills whose grace is over (a newer birth meanwhile makes the rule ignore them),
+        the oldest `at_most` of them if given."""
         now = time.monotonic()
-        due = [row for at, row in self._held_wills if everything or at <= now]
+        due = [row for at, row in self._held_wills if everything or at <= now][:at_most]
         if due:
             await self._sweep_once()
             with self.metrics.batch_seconds.labels("presence").time():
                 await self._apply_presence(due, held_s=self.settings.will_grace_s)
-            self._held_wills = [(at, row) for at, row in self._held_wills if not (everything or at <= now)]
+            released = {id(row) for row in due}
+            self._held_wills = [(at, row) for at, row in self._held_wills if id(row) not in released]
             for row in due:
                 row[0].link.ack(row[0].mid, row[0].qos)
 

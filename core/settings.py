@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     # After SIGTERM, a batch that still meets an outage for this long is left unacknowledged (its
     # session keeps it for the next bridge) and the bridge exits.
     bridge_stop_give_up_s: float = 30.0
+    # After SIGTERM, the bridge applies what it has read for at most this long; the rest is left
+    # unacknowledged for its session, so its stop ends within a deployment's grace period (30 s).
+    bridge_stop_drain_s: float = 15.0
     # "auto": MQTT 5 shared subscriptions where the broker speaks MQTT 5, plain 3.1.1 elsewhere.
     mqtt_protocol: str = "auto"
     mosquitto_passwd_file: Path = Path("var/mosquitto/passwd")

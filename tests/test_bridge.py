@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 import sys
@@ -708,3 +709,51 @@ async def test_statuses_settled_while_device_events_are_confirmed_still_follow_t
             return all([await outbox_empty(bridge.store, rid) for rid in rids])
 
         await wait_until(all_confirmed, 10, message="events or retained statuses still held")
+
+
+@ONE_BROKER
+async def test_a_stop_drains_for_a_bounded_time_and_leaves_the_rest_to_its_session(
+    env: dict[str, Any], stack: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The 100,000 fleet's own stop left ~50,000 messages in the bridge at its SIGTERM; applying them all ran
+    # past the 30 s after which it was killed. Now it applies what it can in `bridge_stop_drain_s` and leaves
+    # the rest unacknowledged: the next bridge of the same session applies it, each change announced once.
+    settings, tap, service = env["settings"], env["tap"], env["service"]
+    bounded = settings.model_copy(update={"bridge_stop_drain_s": 0.5, "heartbeat_batch_max": 1, "stale_after_s": 60.0})
+    rids = [f"r-drain-{n}-{uuid.uuid4().hex[:6]}" for n in range(6)]
+    devices = [Device(env["url"], rid, await make_restaurant(bounded, stack, rid)) for rid in rids]
+    instance = uuid.uuid4().hex[:8]
+    try:
+        bridge = Bridge(bounded, instance)
+        task = asyncio.create_task(bridge.run())
+        await bridge_converged(bridge, task)
+        process = bridge._process
+
+        async def slow(batch: Sequence[Inbound]) -> None:  # a bridge far behind its brokers
+            await asyncio.sleep(1.0)
+            await process(list(batch))
+
+        bridge._process = slow  # type: ignore[assignment]
+        for n, device in enumerate(devices):
+            await asyncio.to_thread(device.connect, n + 1)
+        await wait_until(lambda: len(bridge.inbox) >= 3, 10, message="the births never queued up")
+        caplog.set_level(logging.WARNING, logger="bridge.worker")
+        bridge.request_stop()
+        await asyncio.wait_for(task, 20)
+        left = [r.getMessage() for r in caplog.records if "left unacknowledged" in r.getMessage()]
+        assert len(left) == 1 and "0.5 s of draining" in left[0], f"everything was drained: {left}"
+        async def all_online() -> bool:  # as committed (the devices send no heartbeats); Redis, not MongoDB:
+            snaps = await service.store.snapshots(rids)  # this bridge's close also closed Beanie's client
+            return all(snap.last_status is not None and snap.last_status.online for snap in snaps)
+
+        assert not await all_online()  # some births were not applied
+        async with running_bridge(bounded, instance):  # the same session
+            await wait_until(all_online, 20, message="not every birth applied")
+            for rid in rids:
+                await tap.wait_for(rid, "STATUS_CHANGED")
+            await settle_time(0.5)
+        for rid in rids:
+            assert [e["type"] for e in tap.of(rid)] == ["DEVICE_ONLINE", "STATUS_CHANGED"], rid
+    finally:
+        for device in devices:
+            await asyncio.to_thread(device.stop)
