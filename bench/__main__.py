@@ -2,6 +2,7 @@
 
 ingest  heartbeats/s through one bridge process (goal ≥ 25,000/s) against the naive baseline bridge
 birth   p50/p99 from a device's birth to its restaurant being online in the API
+births  N births at once through one bridge alone (--births, default 15,000): births/s and CPU per process
 burst   the 10:00 opening: N restaurants open at once; time until every status, event and retained copy is right
 ranking the offline ranking over N restaurants × 30 days of history: top 100 and full CSV (goals ≤ 1 s, ≤ 5 s)
 churn   the whole platform under client_sim's churn against its ground truth (not part of `all`; bench/churn.py)
@@ -23,6 +24,7 @@ from types import FrameType
 
 from bench.batch_status import batch_status_benchmark, batch_status_rows
 from bench.birth_latency import birth_benchmark
+from bench.birth_storm import birth_storm_benchmark, birth_storm_rows
 from bench.churn import churn
 from bench.churn_faults import FAULTS, Fault
 from bench.churn_report import ChurnConfig
@@ -41,9 +43,9 @@ from stack.process import REPO_ROOT
 GOAL_HEARTBEATS_PER_S = 25_000.0
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 FULL = {"devices": 6000, "duration": 30.0, "births": 300, "drain": 120.0, "restaurants": 100_000, "ranked": 100_000,
-        "status_restaurants": 20_000, "publish": 20_000}
+        "status_restaurants": 20_000, "publish": 20_000, "storm_births": 15_000}
 QUICK = {"devices": 2000, "duration": 10.0, "births": 100, "drain": 30.0, "restaurants": 5000, "ranked": 10_000,
-         "status_restaurants": 5000, "publish": 5000}
+         "status_restaurants": 5000, "publish": 5000, "storm_births": 3000}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -53,7 +55,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "which",
         nargs="?",
-        choices=["all", "ingest", "birth", "publish", "burst", "ranking", "churn", "scale", "status", "detection"],
+        choices=["all", "ingest", "birth", "births", "publish", "burst", "ranking", "churn", "scale", "status",
+                 "detection"],
         default="all",
     )
     parser.add_argument("--quick", action="store_true", help="reduced sizes: all of it in under two minutes")
@@ -69,7 +72,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--naive-concurrency", type=int, default=100, help="ingest: baseline's messages in flight")
     parser.add_argument("--mqtt-protocol", default="auto", help="ingest: the bridge's mqtt_protocol setting")
     parser.add_argument("--events", type=int, help="publish: events per run (full 20,000; quick 5,000)")
-    parser.add_argument("--births", type=int, help="birth: measured births (after one warm-up round)")
+    parser.add_argument("--births", type=int,
+                        help="birth: measured births (after one warm-up round); births: births sent at once")
     parser.add_argument("--restaurants", type=int, help="burst: restaurants opening at the same instant")
     parser.add_argument("--ranked", type=int, help="ranking: restaurants in the 30 days of history")
     parser.add_argument(
@@ -144,6 +148,12 @@ def main(argv: list[str] | None = None) -> int:
         result = birth_benchmark(births, args.keep)
         rows += birth_rows(result)
         raw["birth"] = dataclasses.asdict(result)
+    if args.which in ("all", "births"):
+        storm_births = args.births or int(sizes["storm_births"])
+        print(f"bench: {storm_births:,} births at once through one bridge", file=sys.stderr)
+        storm_result = birth_storm_benchmark(storm_births, args.keep)
+        rows += birth_storm_rows(storm_result)
+        raw["births"] = dataclasses.asdict(storm_result)
     if args.which in ("all", "burst"):
         restaurants = args.restaurants or int(sizes["restaurants"])
         print(f"bench: opening burst of {restaurants:,} restaurants", file=sys.stderr)
