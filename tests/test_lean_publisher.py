@@ -125,14 +125,20 @@ async def test_a_wrong_password_is_refused_with_its_reason(settings: Settings) -
         await asyncio.wait_for(publisher.connect(), 10)
 
 
+async def relayed(settings: Settings) -> tuple[CuttableRelay, str]:
+    """An open relay to RabbitMQ that the test can cut or hush, and the AMQP URL through it."""
+    at = urlsplit(settings.amqp_url)
+    relay = CuttableRelay(at.hostname or "127.0.0.1", at.port or 5672)
+    await relay.open()
+    return relay, settings.amqp_url.replace(f":{at.port}/", f":{relay.port}/")
+
+
 async def test_a_cut_connection_fails_what_waits_refuses_quickly_then_publishes_again(
     settings: Settings, exchange: tuple[str, aio_pika.abc.AbstractQueue]
 ) -> None:
     name, queue = exchange
-    at = urlsplit(settings.amqp_url)
-    relay = CuttableRelay(at.hostname or "127.0.0.1", at.port or 5672)
-    await relay.open()
-    publisher = LeanPublisher(settings.amqp_url.replace(f":{at.port}/", f":{relay.port}/"), name, retry_after_s=0.5)
+    relay, url = await relayed(settings)
+    publisher = LeanPublisher(url, name, retry_after_s=0.5)
     try:
         await publisher.publish(b"{}", "before", "T")
         waiting = asyncio.ensure_future(publisher.publish(b"{}", "cut", "T"))
@@ -161,10 +167,7 @@ async def test_a_confirm_not_back_in_time_fails_its_own_publish_and_the_connecti
     settings: Settings, exchange: tuple[str, aio_pika.abc.AbstractQueue]
 ) -> None:
     name, queue = exchange
-    at = urlsplit(settings.amqp_url)
-    relay = CuttableRelay(at.hostname or "127.0.0.1", at.port or 5672)
-    await relay.open()
-    url = settings.amqp_url.replace(f":{at.port}/", f":{relay.port}/")
+    relay, url = await relayed(settings)
     publisher = LeanPublisher(url, name, confirm_timeout_s=0.5)
     loop = asyncio.get_running_loop()
     try:
