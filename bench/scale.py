@@ -45,7 +45,7 @@ from bench.harness import (
 )
 from bench.ingest import problems_in_log
 from bench.report import Row, dist_ms, verdict
-from bench.scale_fleet import SimFleet, count_core, not_in_core, store_restaurants, write_credentials
+from bench.scale_fleet import SimFleet, not_in_core, store_restaurants, write_credentials
 from bench.scale_probes import Api, DashboardWatch, ProbeFigures, ProbeRunner, detection_rows
 from bench.scale_status import BatchLoad, QueueCount, api_online_count, batch_load, drain, queue_depths
 from core.documents import Role
@@ -269,8 +269,9 @@ def storm(result: ScaleResult, settings: Settings, redis: Redis, fleet: SimFleet
         all_connected = result.storm_connected >= n
         if right_at is None:
             waiting = not_in_core(redis, settings, waiting)
-            # All online by the shrinking poll: confirmed by counting every restaurant once.
-            result.storm_right_count = count_core(redis, settings, ids) if not waiting else n - len(waiting)
+            if not waiting:  # all online by the shrinking poll: confirmed by asking about every restaurant once
+                waiting = not_in_core(redis, settings, ids)
+            result.storm_right_count = n - len(waiting)
         if right_at is None and result.storm_right_count >= n:
             right_at = time.time()
         if right_at is not None and events_at is None:

@@ -39,13 +39,6 @@ SOURCES_PER_SIM = 4  # loopback source addresses per simulator process
 ONLINE_CORE = StatusCore(online=True).model_dump_json()
 
 # Count the restaurants whose committed status core equals ARGV[2], among keys ARGV[1] .. id.
-COUNT_CORE = """
-local n = 0
-for i = 3, #ARGV do
-  if redis.call('HGET', ARGV[1] .. ARGV[i], 'sc') == ARGV[2] then n = n + 1 end
-end
-return n
-"""
 NOT_IN_CORE = """
 local out = {}
 for i = 3, #ARGV do
@@ -81,15 +74,6 @@ def store_restaurants(settings: Settings, groups: dict[str, str]) -> dict[str, s
         redis.close()
     upsert_password_entries(settings.mosquitto_passwd_file, {rid: hash_password(s) for rid, s in secrets.items()})
     return secrets
-
-
-def count_core(redis: Redis, settings: Settings, ids: Sequence[str], core: str = ONLINE_CORE) -> int:
-    """Restaurants of `ids` whose committed status (Redis `sc`) is `core`: one script per 10,000 ids."""
-    script = redis.register_script(COUNT_CORE)
-    total = 0
-    for start in range(0, len(ids), 10_000):
-        total += int(script(args=[f"{settings.redis_prefix}r:", core, *ids[start : start + 10_000]]))
-    return total
 
 
 def not_in_core(redis: Redis, settings: Settings, ids: Sequence[str], core: str = ONLINE_CORE) -> list[str]:
