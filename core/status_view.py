@@ -111,15 +111,28 @@ class StatusViews:
         self.window_us = window // timedelta(microseconds=1)
         self._read = load_script(store.redis, "view_facts.lua")
         # Off until the API runs it (`cache.run()`): the bridge and the scheduler only write views.
-        self.cache = ViewCache(store.redis, store.key(""))
+        self.cache = ViewCache(store.redis, store.key(""), self.window_us)
 
     async def read(self, restaurant_ids: Sequence[str], now: datetime) -> list[str | None]:
         """Each id's status JSON as it would be derived at `now`, or None where it must be derived."""
         if not restaurant_ids:
             return []
         cache = self.cache
-        facts = cache.lookup(restaurant_ids) if await cache.synced() else [MISSING] * len(restaurant_ids)
-        missing = [rid for rid, fact in zip(restaurant_ids, facts, strict=True) if fact is MISSING]
+        now_us = micros(now)
+        synced = await cache.synced()
+        held = cache.standing(restaurant_ids, now_us) if synced else None
+        if held is not None and None not in held:
+            return held  # every view standing as the copy holds it: the usual batch
+        if held is None:
+            out: list[str | None] = [None] * len(restaurant_ids)
+            places: Sequence[int] = range(len(restaurant_ids))
+            ids = restaurant_ids
+        else:
+            out = held
+            places = [i for i, text in enumerate(held) if text is None]
+            ids = [restaurant_ids[i] for i in places]
+        facts = cache.lookup(ids) if synced else [MISSING] * len(ids)
+        missing = [rid for rid, fact in zip(ids, facts, strict=True) if fact is MISSING]
         if missing:
             ticket = cache.expect(missing)
             # Ids are checked (A-Z a-z 0-9 _ -) before they get here: a newline cannot be one of them.
@@ -128,16 +141,14 @@ class StatusViews:
             cache.keep(ticket, missing, read)
             answers = iter(read)
             facts = [next(answers) if fact is MISSING else fact for fact in facts]
-        now_us, window_us = micros(now), self.window_us
+        window_us = self.window_us
         moving = _UNTIL_JSON.dump_json(now + SEARCH).decode()  # as DerivedStatus writes it
-        out: list[str | None] = []
-        append = out.append
-        for fact in facts:
+        for place, fact in zip(places, facts, strict=True):
             if not isinstance(fact, ViewFacts):
-                append(None)
-            elif fact.lo <= now_us < fact.hi and fact.window == window_us:  # ViewFacts.serve's first test
-                append(fact.shown.replace(MOVING, moving, 1) if fact.moving else fact.shown)
+                continue
+            if fact.lo <= now_us < fact.hi and fact.window == window_us:  # ViewFacts.serve's first test
+                out[place] = fact.shown.replace(MOVING, moving, 1) if fact.moving else fact.shown
             else:  # outside the stretch: the rule itself (serve would test the stretch again first)
                 text = fact.judge(now_us, window_us)
-                append(text.replace(MOVING, moving, 1) if text is not None and MOVING in text else text)
+                out[place] = text.replace(MOVING, moving, 1) if text is not None and MOVING in text else text
         return out

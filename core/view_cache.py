@@ -30,6 +30,7 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError
 
+from core.standing_texts import StandingTexts
 from core.view_facts import ViewFacts
 
 logger = logging.getLogger(__name__)
@@ -61,8 +62,9 @@ class Ticket:
 class ViewCache:
     """Facts of status views by restaurant id; serves nothing until `run` has tracking on."""
 
-    def __init__(self, redis: Redis, key_prefix: str, max_entries: int = MAX_ENTRIES) -> None:
-        """`redis` lends its connection settings; `key_prefix` precedes every restaurant id in a key."""
+    def __init__(self, redis: Redis, key_prefix: str, window_us: int, max_entries: int = MAX_ENTRIES) -> None:
+        """`redis` lends its connection settings; `key_prefix` precedes every restaurant id in a key;
+        `window_us` is the readers' presence window (views of another window are only ever judged)."""
         pool = redis.connection_pool
         # RESP2 on purpose (redis-py speaks RESP3 by default): the invalidations then come as plain
         # pub/sub messages on a subscribed connection, read here like any reply, in order with PINGs.
@@ -70,6 +72,7 @@ class ViewCache:
         self.key_prefix = key_prefix
         self.max_entries = max_entries
         self._entries: dict[str, Facts] = {}
+        self._standing = StandingTexts(window_us, self._entries)  # texts of the entries that stand now
         self._pending: dict[str, Ticket] = {}
         self._generation = 0
         self._listener: AbstractConnection | None = None  # set while tracking is on
@@ -153,6 +156,7 @@ class ViewCache:
         if keys is None:  # FLUSHDB, FLUSHALL: every key is gone
             self.invalidated += len(self._entries)
             self._entries.clear()
+            self._standing.clear()
             self._pending.clear()
             return
         start = len(self.key_prefix)
@@ -160,6 +164,7 @@ class ViewCache:
             rid = key[start:]
             if self._entries.pop(rid, MISSING) is not MISSING:
                 self.invalidated += 1
+                self._standing.drop(rid)
             self._pending.pop(rid, None)
 
     def _reset(self) -> None:
@@ -168,6 +173,7 @@ class ViewCache:
         self._listener = None
         self._generation += 1
         self._entries.clear()
+        self._standing.clear()
         self._pending.clear()
         for waiter in [*(self._pinging or []), *self._queued]:
             if not waiter.done():
@@ -198,6 +204,15 @@ class ViewCache:
             self.sync_timeouts += 1
             return False
 
+    def standing(self, restaurant_ids: Sequence[str], now_us: int) -> list[str | None] | None:
+        """(After `synced` said True) each id's status text at `now_us` where its view stands as held,
+        None where it must be looked up and judged; None for the whole batch if `now_us` is too early
+        (core/standing_texts.py)."""
+        texts = self._standing.get(restaurant_ids, now_us)
+        if texts is not None:
+            self.hits += len(texts) - texts.count(None)
+        return texts
+
     def lookup(self, restaurant_ids: Sequence[str]) -> list[Facts | _Missing]:
         """The copy's facts of each id (after `synced` said True), MISSING where it has none."""
         get = self._entries.get
@@ -220,8 +235,10 @@ class ViewCache:
             return
         if len(self._entries) + len(restaurant_ids) > self.max_entries:
             self._entries.clear()
+            self._standing.clear()
         for rid, fact in zip(restaurant_ids, facts, strict=True):
             if self._pending.get(rid) is ticket:
                 del self._pending[rid]
                 self._entries[rid] = fact
+                self._standing.add(rid, fact)
                 self.fills += 1

@@ -152,9 +152,24 @@ async def test_without_tracking_nothing_is_kept_and_reads_go_to_redis(redis: Red
 
 async def test_the_copy_is_bounded(redis: Redis, settings: Settings) -> None:
     service = StatusService(PresenceStore(redis, settings.redis_prefix), WINDOW)
-    service.views.cache = ViewCache(redis, service.store.key(""), max_entries=3)
+    service.views.cache = ViewCache(redis, service.store.key(""), service.views.window_us, max_entries=3)
     async with view_copy(service) as copy:
         for n in range(5):
             await settled_restaurant(service, f"copy-bound-{n}")
             await status_at(service, f"copy-bound-{n}", T0 + timedelta(seconds=1))
             assert 1 <= len(copy) <= 3
+
+
+async def test_a_read_at_an_instant_before_the_latest_one_is_still_served_as_derived(api: StatusService) -> None:
+    # Batches started a little apart reach the copy in any order: the texts held for the latest
+    # instant (core/standing_texts.py) must not answer for an earlier one where they differ.
+    rid = "copy-earlier"
+    copy = api.views.cache
+    await settled_restaurant(api, rid)  # online, heard at T0: its view stands until T0 + WINDOW
+    heard = await status_at(api, rid, T0 + timedelta(seconds=30))
+    assert heard is not None and heard.online
+    assert await status_at(api, rid, T0 + timedelta(seconds=61)) is None, "lapsed: the rule derives it"
+    for seconds in (30, 59, 1):
+        at = T0 + timedelta(seconds=seconds)
+        assert await status_at(api, rid, at) == heard, f"{seconds} s, after a read at 61 s"
+    assert (copy.fills, copy.hits) == (1, 4), "every read after the first came from the copy"
