@@ -220,8 +220,9 @@ async def measure(servers: PrivateServers, settings: Settings, count: int, pid: 
             result.queued = await queue_depths(channel, settings)
             result.wrong_since = await count_wrong_since(redis, settings, ids, boundary)
         finally:
+            # No clean-up of keys or queues: the private servers go with the run (or stay, with --keep),
+            # and deleting the keys while the scheduler still ran took its leader lock from under it.
             watcher.close()
-            await clean_up(redis, channel, settings)
     finally:
         await connection.close()
         await redis.aclose()
@@ -238,23 +239,6 @@ async def count_wrong_since(redis: Redis, settings: Settings, ids: list[str], bo
                 if raw is None or datetime.fromisoformat(json.loads(raw)["since"]) != boundary:
                     wrong += 1
     return wrong
-
-
-async def clean_up(redis: Redis, channel: aio_pika.abc.AbstractChannel, settings: Settings) -> None:
-    """The run's keys and queues (the private servers go too, unless --keep)."""
-    batch: list[str] = []
-    async for key in redis.scan_iter(match=f"{settings.redis_prefix}*", count=5000):
-        batch.append(key)
-        if len(batch) >= 5000:
-            await redis.delete(*batch)
-            batch.clear()
-    if batch:
-        await redis.delete(*batch)
-    for base in (settings.dashboard_queue, settings.aggregator_queue):
-        await channel.queue_delete(settings.amqp_name(base))
-        await channel.queue_delete(settings.amqp_name(f"{base}.DLQ"))
-    await channel.queue_delete(settings.amqp_name(settings.mqtt_dead_letter_queue))
-    await channel.exchange_delete(settings.exchange)
 
 
 def burst_benchmark(count: int, keep: bool = False, timeout: float = 600.0) -> BurstResult:
