@@ -32,8 +32,8 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bridge.inbox import Inbox
 from bridge.lean_client import LeanClient
-from bridge.retained_window import RetainedWindow
 from core.ids import HEARTBEAT_FILTER, PRESENCE_FILTER, STATUS_FILTER
+from core.retained_window import RetainedWindow
 from core.settings import Settings
 from core.task_stop import cancel_and_wait
 
@@ -45,7 +45,7 @@ MISC_INTERVAL_S = 1.0
 KEEPALIVE_S = 30
 TICK_EVERY_S = 0.25  # how often a link sends itself a tick through its broker (`heard_up_to_ms`)
 TICK_FIRST_S = 30.0  # a connection whose ticks never come back (a broker's ACL without them) is not waited for
-RETAINED_WINDOW = 1_000  # retained statuses sent and not acknowledged yet, per link (bridge/retained_window.py)
+RETAINED_WINDOW = 1_000  # retained statuses sent and not acknowledged yet, per link (core/retained_window.py)
 RECEIVE_MAXIMUM = 65_535  # QoS 1 messages the broker may send before the bridge's first PUBACK (MQTT 5's most)
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.5, 30.0
 

@@ -89,7 +89,7 @@ class Bridge:
         self.links: list[BrokerLink] = []
         self._known: set[str] = set()
         # Retained statuses published, by token until the broker's PUBACK moves them to `_retained_acked`
-        # (`_on_retained_acked`); a link holds them, in order, while it is down (bridge/retained_window.py).
+        # (`_on_retained_acked`); a link holds them, in order, while it is down (core/retained_window.py).
         self._retained_inflight: dict[int, tuple[str, str]] = {}
         self._retained_acked: list[tuple[str, str]] = []
         self._retained_tokens = itertools.count()

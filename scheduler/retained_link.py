@@ -5,6 +5,11 @@ statuses a second at the 10:00 burst, nothing read — so the thread costs littl
 reads 25k messages/s, drives paho from its loop instead (bridge/mqtt_link.py). paho keeps QoS 1
 messages while disconnected and sends them again after reconnecting, so a broker outage only
 delays the acknowledgements.
+
+Like the bridge's links, each holds back its own statuses (core/retained_window.py): paho is given no
+`max_inflight_messages`, whose walk of every held message on each PUBACK was paid here 100,000 times
+in an opening burst, on paho's thread and under the GIL the settling needs. The window lives on the
+event loop: statuses are put there, PUBACKs and CONNACKs are handed over to it.
 """
 
 import asyncio
@@ -17,12 +22,14 @@ from urllib.parse import urlsplit
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from core.retained_window import RetainedWindow
 from core.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 CONNACK_TIMEOUT_S = 3.0
 RECONNECT_MIN_S, RECONNECT_MAX_S = 1, 30
+RETAINED_WINDOW = 1_000  # statuses handed to paho and not acknowledged yet, or the broker's Receive Maximum
 
 
 class RetainedLink:
@@ -34,9 +41,9 @@ class RetainedLink:
         index: int,
         settings: Settings,
         instance: str,
-        on_acked: Callable[["RetainedLink", list[int]], None],
-        on_replaced: Callable[["RetainedLink"], None],
+        on_acked: Callable[[list[int]], None],
     ) -> None:
+        """`on_acked(tokens)`: the broker acknowledged the `publish`es of these tokens (on the loop)."""
         parts = urlsplit(url)
         self.url = url
         self.index = index
@@ -48,7 +55,8 @@ class RetainedLink:
         self.mqtt5 = settings.mqtt_protocol in ("auto", "5")
         self.connected = False
         self._on_acked = on_acked
-        self._on_replaced = on_replaced
+        self._tokens_acked: list[int] = []
+        self.retained = RetainedWindow(RETAINED_WINDOW, self._tokens_acked.append)
         self._ever_connected = False
         self._fallback_timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -67,7 +75,7 @@ class RetainedLink:
             clean_session=None if self.mqtt5 else True,
         )
         client.username_pw_set(self.settings.mqtt_username, self.settings.mqtt_password)
-        client.max_inflight_messages_set(1000)
+        client.max_inflight_messages_set(0)  # no limit in paho: the window keeps it (see the module's text)
         client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -91,13 +99,11 @@ class RetainedLink:
         client.disconnect()
         client.loop_stop()  # joins paho's thread: blocking, hence to_thread
 
-    def publish(self, topic: str, payload: bytes) -> int:
-        """Queue one retained status; returns its mid. Thread-safe in paho: it locks its own queues."""
-        info = self.client.publish(topic, payload, qos=1, retain=True)
-        # NO_CONN: paho keeps the message and sends it once connected.
-        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
-            raise ConnectionError(f"{self.url}: paho refused a publish ({mqtt.error_string(info.rc)})")
-        return info.mid
+    def publish(self, topic: str, payload: bytes, token: int) -> None:
+        """Queue one retained status (on the loop): sent in order once connected and the window has room,
+        acknowledged through `on_acked` by `token`. paho's `publish` may be called from here: it locks
+        its own queues."""
+        self.retained.put(self.client, self.connected, (topic, payload, token))
 
     # --- paho's callbacks, on paho's thread: they reach the loop only through call_soon_threadsafe,
     # since asyncio objects are not thread-safe.
@@ -106,7 +112,7 @@ class RetainedLink:
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._arm_fallback)
 
-    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, properties: Any) -> None:
         if reason.is_failure:
             if reason == "Unsupported protocol version" and self.mqtt5 and self.settings.mqtt_protocol == "auto":
                 # A 3.1.1 broker that says so (CONNACK 0x01; the project's amqtt does): no need to wait.
@@ -119,6 +125,9 @@ class RetainedLink:
         self.connected = True
         version = "5" if self.mqtt5 else "3.1.1"
         logger.info("scheduler connected to %s as %s (MQTT %s)", self.url, self.client_id, version)
+        receive_maximum = getattr(properties, "ReceiveMaximum", None) if self.mqtt5 else None
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._connected, client, receive_maximum)
 
     def _on_disconnect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         if client is not self.client or not self._ever_connected:
@@ -145,7 +154,16 @@ class RetainedLink:
         with self._lock:
             mids, self._acked = self._acked, []
             self._handoff_scheduled = False
-        self._on_acked(self, mids)
+        for mid in mids:
+            self.retained.acked(self.client, mid)  # each frees a place in the window, filled at once
+        tokens = self._tokens_acked.copy()  # the window appends to this very list: emptied, not replaced
+        self._tokens_acked.clear()
+        if tokens:
+            self._on_acked(tokens)
+
+    def _connected(self, client: mqtt.Client, receive_maximum: int | None) -> None:
+        if client is self.client:
+            self.retained.connected(client, receive_maximum)
 
     def _arm_fallback(self) -> None:
         if (
@@ -172,9 +190,9 @@ class RetainedLink:
     async def _fall_back(self) -> None:
         old = self.client
         self.client = self._new_client()  # MQTT 3.1.1
-        # At once, before anything else is published: what the old client held goes to the new one
-        # (paho keeps it until connected), so its mids cannot be mistaken for the new client's.
-        self._on_replaced(self)
+        # At once, before anything else is published: what the old client held goes first to the new
+        # one, once it is connected (its mids would mean nothing to the new client).
+        self.retained.client_replaced()
         await asyncio.to_thread(self._stop_client, old)
         if not self._stopped:
             self.start()

@@ -15,6 +15,7 @@ until RabbitMQ came back, and a heartbeat settled in that gap took the boundary'
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -41,7 +42,7 @@ T = TypeVar("T")
 Retry = Callable[[Callable[[], Awaitable[T]], str], Awaitable[T]]
 
 CONFIRM_TIMEOUT_S = 30.0  # a confirm that never comes (connection half dead) is retried; consumers dedupe
-MAX_PENDING_RETAINED = 20_000  # unacknowledged retained statuses, all shards (paho's mids go to 65,535)
+MAX_PENDING_RETAINED = 20_000  # unacknowledged retained statuses, all shards (each link sends a window of them)
 CLEAR_BATCH = 1000  # acknowledged retained statuses cleared per Redis round trip
 FLUSH_EVERY_S = 0.5  # held restaurants offered to RabbitMQ again
 
@@ -59,7 +60,8 @@ class StatusPublisher:
         self.instance = instance
         self.events = EventPublisher(settings)
         self.links: list[RetainedLink] = []
-        self._pending: dict[tuple[int, int], tuple[str, str]] = {}  # (shard, mid) → (rid, status json)
+        self._pending: dict[int, tuple[str, str]] = {}  # token → (rid, status json), until its PUBACK
+        self._tokens = itertools.count()
         self._slots = asyncio.Semaphore(MAX_PENDING_RETAINED)
         self._acked: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         self._clearer: asyncio.Task[None] | None = None
@@ -73,7 +75,7 @@ class StatusPublisher:
         self._retry = retry
         await retry(self.events.open, "opening RabbitMQ")
         self.links = [
-            RetainedLink(url, i, self.settings, self.instance, self._on_acked, self._on_replaced)
+            RetainedLink(url, i, self.settings, self.instance, self._on_acked)
             for i, url in enumerate(self.settings.mqtt_brokers)
         ]
         for link in self.links:
@@ -197,20 +199,15 @@ class StatusPublisher:
 
     async def publish_retained(self, restaurant_id: str, status_json: str) -> None:
         """Hand the status to its shard's MQTT link; its outbox field is cleared when the PUBACK comes."""
-        await self._slots.acquire()  # backpressure while a broker is away: paho would queue without bound
-        try:
-            self._send(restaurant_id, status_json)
-        except ConnectionError:
-            self._slots.release()
-            raise
+        await self._slots.acquire()  # backpressure while a broker is away: its link would hold them without bound
+        self._send(restaurant_id, status_json)
 
     def _send(self, restaurant_id: str, status_json: str) -> None:
         """Publish on the restaurant's shard, in a slot already taken."""
         link = self.links[shard_of(restaurant_id, len(self.links))]
-        self._pending[(link.index, link.publish(status_topic(restaurant_id), status_json.encode()))] = (
-            restaurant_id,
-            status_json,
-        )
+        token = next(self._tokens)
+        self._pending[token] = (restaurant_id, status_json)
+        link.publish(status_topic(restaurant_id), status_json.encode(), token)
         self.metrics.retained_pending.set(len(self._pending))
 
     async def republish(self, snap: RestaurantSnapshot, retry: Retry[None], older_than_ms: int | None = None) -> int:
@@ -232,19 +229,12 @@ class StatusPublisher:
 
     # --- PUBACKs (on the loop: the links hand them over with call_soon_threadsafe)
 
-    def _on_acked(self, link: RetainedLink, mids: list[int]) -> None:
-        for mid in mids:
-            item = self._pending.pop((link.index, mid), None)
+    def _on_acked(self, tokens: list[int]) -> None:
+        for token in tokens:
+            item = self._pending.pop(token, None)
             if item is not None:
                 self._acked.put_nowait(item)
         self.metrics.retained_pending.set(len(self._pending))
-
-    def _on_replaced(self, link: RetainedLink) -> None:
-        """The link now speaks MQTT 3.1.1 on a new client: queue there what the old client held."""
-        held = [key for key in self._pending if key[0] == link.index]
-        for key in held:
-            rid, payload = self._pending.pop(key)
-            self._pending[(link.index, link.publish(status_topic(rid), payload.encode()))] = (rid, payload)
 
     async def _clear_acked(self) -> None:
         """Forget the retained statuses the broker has, a batch per round trip; a newer one queued meanwhile
@@ -263,15 +253,10 @@ class StatusPublisher:
                 again = await self._retry(partial(self.store.clear_status_outboxes, batch),
                                           "clearing retained statuses")  # fmt: skip
             self.metrics.retained_acked.inc(len(batch))
-            sent = 0
             for rid, committed in again:  # each in the slot of the one it follows, taken already
-                try:
-                    self._send(rid, committed)
-                    sent += 1
-                except ConnectionError as exc:  # its writer's own copy stands (or the next leader's)
-                    logger.warning("could not publish the committed status of %s again: %s", rid, exc)
-            self.metrics.retained_republished.inc(sent)
-            for _ in range(len(batch) - sent):
+                self._send(rid, committed)
+            self.metrics.retained_republished.inc(len(again))
+            for _ in range(len(batch) - len(again)):
                 self._slots.release()
             self._clearing = 0
 

@@ -10,10 +10,12 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 import bridge.mqtt_link
+import scheduler.retained_link
 from bridge.inbox import Inbox
 from bridge.mqtt_link import BrokerLink
-from bridge.retained_window import RetainedWindow
+from core.retained_window import RetainedWindow
 from core.settings import Settings
+from scheduler.retained_link import RetainedLink
 from stack.backends import Backends
 from tests.helpers import wait_until
 
@@ -27,7 +29,9 @@ def platform_client(settings: Settings, protocol: int = mqtt.MQTTv5) -> mqtt.Cli
     return client
 
 
-def retained_now(settings: Settings, port: int, prefix: str, expected: int) -> dict[str, bytes]:
+def retained_now(
+    settings: Settings, port: int, prefix: str, expected: int, protocol: int = mqtt.MQTTv5
+) -> dict[str, bytes]:
     """The retained status of each restaurant whose topic starts with `prefix`, as a new subscriber gets them."""
     got: dict[str, bytes] = {}
     done = threading.Event()
@@ -38,7 +42,7 @@ def retained_now(settings: Settings, port: int, prefix: str, expected: int) -> d
         if len(got) >= expected:
             done.set()
 
-    client = platform_client(settings)
+    client = platform_client(settings, protocol)
     client.on_message = on_message
     client.connect("127.0.0.1", port)
     client.subscribe("restaurants/+/status", qos=1)
@@ -120,3 +124,39 @@ def test_what_a_replaced_client_held_goes_first_and_the_brokers_receive_maximum_
         live.disconnect()
     assert acked == list(range(15))
     assert max(most) <= 4
+
+
+@pytest.mark.parametrize("broker", ["mosquitto", "amqtt"])
+async def test_the_schedulers_link_sends_a_window_at_a_time_in_order_on_either_broker(
+    settings: Settings, stack: Backends, monkeypatch: pytest.MonkeyPatch, broker: str
+) -> None:
+    # The scheduler's link runs paho on a thread of its own (scheduler/retained_link.py); the window stays
+    # on the loop. On amqtt (MQTT 3.1.1 only) the link first tries MQTT 5 and falls back on a new client.
+    monkeypatch.setattr(scheduler.retained_link, "RETAINED_WINDOW", 25)
+    tag = uuid.uuid4().hex[:8]
+    url = stack.mosquitto_url if broker == "mosquitto" else stack.amqtt_url
+    acked: list[int] = []
+    in_flight: list[int] = []
+    link: RetainedLink | None = None
+
+    def on_acked(tokens: list[int]) -> None:
+        assert link is not None
+        in_flight.append(len(link.retained._sent))  # with paho once the acknowledged ones' places were filled
+        acked.extend(tokens)
+
+    link = RetainedLink(url, 0, settings, f"win-{tag}", on_acked)
+    for n in range(STATUSES):  # queued before the link connects, as a leader's first burst may be
+        link.publish(f"restaurants/win-{tag}-{n % TOPICS:02d}/status", str(n).encode(), n)
+    link.start()
+    try:
+        await wait_until(lambda: len(acked) == STATUSES, 30, message=f"{len(acked)} acknowledged")
+        assert acked == list(range(STATUSES))  # each once, in the order published
+        assert max(in_flight) == 25  # the window was used, and never exceeded
+        assert len(link.retained) == 0
+        assert link.mqtt5 == (broker == "mosquitto")
+    finally:
+        await link.stop()
+    port = int(url.rsplit(":", 1)[1])
+    protocol = mqtt.MQTTv5 if broker == "mosquitto" else mqtt.MQTTv311
+    last = retained_now(settings, port, f"restaurants/win-{tag}-", TOPICS, protocol)
+    assert last == {f"restaurants/win-{tag}-{k:02d}/status": str(STATUSES - TOPICS + k).encode() for k in range(TOPICS)}
