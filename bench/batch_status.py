@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 from api.security import Principal, create_access_token
 from bench.birth_latency import percentile
 from bench.harness import api_process, private_servers, provision, restaurant_ids, tree_cpu_seconds
+from bench.heartbeat_writer import HeartbeatWriter
 from bench.report import Row, dist_ms
 from bench.scale_status import BatchLoad, batch_load
 from bench.wrk_load import WrkLoad, wrk_load
@@ -45,6 +46,11 @@ class BatchStatusResult:
     views: int = 0  # statuses standing as views when the load began
     wrk: WrkLoad | None = None  # the same load from a client in C (bench/wrk_load.py)
     wrk_api_cpu_s: float = 0.0
+    # The same wrk load again with the devices' heartbeats written beside it (each drops a restaurant
+    # from the API's copy, and Redis sends every API process an invalidation).
+    wrk_beating: WrkLoad | None = None
+    wrk_beating_api_cpu_s: float = 0.0
+    heartbeats_per_s: float = 0.0
 
 
 async def _facts(settings: Settings, ids: list[str]) -> int:
@@ -119,6 +125,12 @@ def batch_status_benchmark(
             wrk = WrkLoad(clients, ids_per_request, wrk_seconds)
             result.wrk = wrk_load(settings.api_port, token, ids, servers.root, wrk)
             result.wrk_api_cpu_s = tree_cpu_seconds(api.pid) - cpu_before
+            with HeartbeatWriter(settings, ids[::2]) as beats:  # the devices _facts put online
+                cpu_before = tree_cpu_seconds(api.pid)
+                beating = WrkLoad(clients, ids_per_request, wrk_seconds)
+                result.wrk_beating = wrk_load(settings.api_port, token, ids, servers.root, beating)
+                result.wrk_beating_api_cpu_s = tree_cpu_seconds(api.pid) - cpu_before
+            result.heartbeats_per_s = beats.rate()
         finally:
             api.stop()
     return result
@@ -132,11 +144,16 @@ def batch_status_rows(r: BatchStatusResult) -> list[Row]:
 
 
 def _wrk_rows(r: BatchStatusResult) -> list[Row]:
-    w = r.wrk
+    rows = _wrk_load_rows(r, r.wrk, r.wrk_api_cpu_s, "")
+    beating = f", {r.heartbeats_per_s:,.0f} heartbeats/s beside it"
+    return rows + _wrk_load_rows(r, r.wrk_beating, r.wrk_beating_api_cpu_s, beating)
+
+
+def _wrk_load_rows(r: BatchStatusResult, w: WrkLoad | None, api_cpu_s: float, beside: str) -> list[Row]:
     if w is None:
         return []
     figure = (f"batch of {w.ids_per_request:,} ids, {w.connections} connections of wrk, {r.api_workers} API "
-              f"process{'es' if r.api_workers > 1 else ''} ({r.restaurants:,} known)")  # fmt: skip
+              f"process{'es' if r.api_workers > 1 else ''} ({r.restaurants:,} known){beside}")  # fmt: skip
     if w.missing:
         return [Row("status", figure, "not measured", "goal p99 ≤ 20 ms", w.missing)]
     rate = w.requests * w.ids_per_request / max(w.seconds, 1e-9)
@@ -145,7 +162,7 @@ def _wrk_rows(r: BatchStatusResult) -> list[Row]:
         Row("status", figure, f"p50 {w.p50_ms:.1f} / p99 {w.p99_ms:.1f} / max {w.max_ms:.1f} ms", "goal p99 ≤ 20 ms",
             ("goal met" if met else "GOAL MISSED") + f" ({w.non_2xx} non-2xx, {w.socket_errors} socket errors)"),
         Row("status", "  statuses served, API CPU", f"{rate:,.0f} ids/s ({w.requests:,} requests in {w.seconds:.0f} s)",
-            f"API {r.wrk_api_cpu_s / max(w.seconds, 1e-9):.2f} cores"),
+            f"API {api_cpu_s / max(w.seconds, 1e-9):.2f} cores"),
     ]  # fmt: skip
 
 
