@@ -100,13 +100,13 @@ async def test_the_schedulers_link_on_auto_falls_back_when_the_broker_refuses_mq
     host, port = amqtt_address(stack)
     acked: list[int] = []
     link = RetainedLink(f"mqtt://{host}:{port}", 0, settings.model_copy(update={"mqtt_protocol": "auto"}),
-                        uuid.uuid4().hex[:8], lambda _link, mids: acked.extend(mids), lambda _link: None)  # fmt: skip
+                        uuid.uuid4().hex[:8], acked.extend)  # fmt: skip
     caplog.set_level(logging.INFO, logger="scheduler.retained_link")
     link.start()
     try:
         await wait_until(lambda: link.connected, 10, message="the scheduler's link never connected")
-        mid = link.publish(f"restaurants/proto-{uuid.uuid4().hex[:8]}/status", b'{"online":true}')
-        await wait_until(lambda: mid in acked, 10, message="no PUBACK")
+        link.publish(f"restaurants/proto-{uuid.uuid4().hex[:8]}/status", b'{"online":true}', 7)
+        await wait_until(lambda: acked == [7], 10, message="no PUBACK")
         records = [r for r in caplog.records if r.name == "scheduler.retained_link"]
         messages = [r.getMessage() for r in records]
         assert any("refused MQTT 5; using MQTT 3.1.1" in m for m in messages), messages
