@@ -1,6 +1,4 @@
-"""The status benchmark's heartbeat writer (bench/heartbeat_writer.py): every device beats, at the fleet's pace."""
-
-import time
+"""The status benchmark's heartbeat writer (bench/heartbeat_writer.py): every device beats, round after round."""
 
 from redis.asyncio import Redis
 
@@ -12,7 +10,7 @@ from core.settings import Settings
 from tests.helpers import wait_until
 
 
-async def test_each_device_beats_about_once_an_interval(settings: Settings) -> None:
+async def test_every_device_beats_round_after_round(settings: Settings) -> None:
     fast = settings.model_copy(update={"heartbeat_interval_s": 0.5})
     ids = [f"hbw-{n}" for n in range(20)]
     redis = Redis.from_url(settings.redis_url, decode_responses=True)
@@ -22,12 +20,9 @@ async def test_each_device_beats_about_once_an_interval(settings: Settings) -> N
         event = Event(type=EventType.DEVICE_ONLINE, restaurant_id="x", device_id=DEVICE[0], data={"epoch": DEVICE[1]})
         await store.apply_presence([(rid, *DEVICE, DeviceState.ONLINE, event) for rid in ids], at_ms=to_ms(born))
         with HeartbeatWriter(fast, ids) as writer:
-            started = time.monotonic()
+            # Three rounds of the fleet, each written in slices (the rate it reaches is the bench's figure).
             await wait_until(lambda: writer.written >= 3 * len(ids), 10, message=f"{writer.written} written")
-            elapsed = time.monotonic() - started
-        # 20 devices every 0.5 s: 40 a second, give or take a tick and the loop's own time.
-        assert 20 <= writer.written / elapsed <= 60, writer.written / elapsed
-        assert 20 <= writer.rate() <= 60
+        assert writer.error is None and writer.rate() > 0
         for snap in await store.snapshots(ids):
             [device] = snap.devices
             assert device.last_seen is not None and device.last_seen > born, snap.restaurant_id
