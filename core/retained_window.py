@@ -8,13 +8,6 @@ the rest waits here, in order, and goes out as PUBACKs come back.
 
 The window is the broker's Receive Maximum where it announces one (MQTT 5), else `size`: paho does not
 keep to the broker's, and a broker may disconnect a client that sends more.
-
-One topic has at most one status in flight: a status waits at the head of the line while an older
-one of its topic is unacknowledged. amqtt handles each incoming PUBLISH in a task of its own and can
-store them out of order under load (its queue's waiting putters are not served in order): with 25
-in flight over 30 topics it once kept, for some topics, a status three rounds old (a parallel test
-run, 2026-11-28). Mosquitto keeps a client's order; the rule costs it nothing unless one restaurant
-changes twice within a round trip.
 """
 
 from collections import deque
@@ -33,7 +26,6 @@ class RetainedWindow:
         self.on_acked = on_acked
         self._waiting: deque[Item] = deque()
         self._sent: dict[int, Item] = {}  # paho's mid → what it carries, until its PUBACK
-        self._topics: set[str] = set()  # the topics of `_sent`: one status in flight per topic
 
     def __len__(self) -> int:
         """Publishes not acknowledged yet, sent or waiting."""
@@ -47,21 +39,17 @@ class RetainedWindow:
     def feed(self, client: mqtt.Client) -> None:
         """Hand paho what the window has room for (call once connected, and after each PUBACK)."""
         while self._waiting and len(self._sent) < self.limit:
-            item = self._waiting[0]
-            if item[0] in self._topics:
-                return  # its topic's older status is in flight: the line waits for that PUBACK
+            item = self._waiting.popleft()
             info = client.publish(item[0], item[1], qos=1, retain=True)
             # Not connected after all: paho keeps a QoS 1 message and sends it once it reconnects.
             if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+                self._waiting.appendleft(item)
                 return
-            self._waiting.popleft()
             self._sent[info.mid] = item
-            self._topics.add(item[0])
 
     def acked(self, client: mqtt.Client, mid: int) -> None:
         item = self._sent.pop(mid, None)
         if item is not None:
-            self._topics.discard(item[0])
             self.on_acked(item[2])
             self.feed(client)
 
@@ -73,4 +61,3 @@ class RetainedWindow:
         """The client was replaced (the MQTT 3.1.1 fallback): what the old one held is sent again, first."""
         self._waiting.extendleft(reversed(list(self._sent.values())))
         self._sent.clear()
-        self._topics.clear()

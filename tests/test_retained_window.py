@@ -1,5 +1,6 @@
 """A link's retained statuses go out a window at a time, in order, each acknowledged once (real Mosquitto)."""
 
+import asyncio
 import threading
 import time
 import uuid
@@ -96,9 +97,9 @@ def test_what_a_replaced_client_held_goes_first_and_the_brokers_receive_maximum_
     acked: list[int] = []
     window = RetainedWindow(10, acked.append)
     never_connected = platform_client(settings)
-    tag = uuid.uuid4().hex[:8]
-    for n in range(15):  # fifteen restaurants: one topic would have one status in flight at a time
-        window.put(never_connected, True, (f"restaurants/win-{tag}-{n}/status", str(n).encode(), n))
+    topic = f"restaurants/win-{uuid.uuid4().hex[:8]}/status"
+    for n in range(15):
+        window.put(never_connected, True, (topic, str(n).encode(), n))  # paho keeps them: not connected
     assert (len(window._sent), len(window)) == (10, 15)
     window.client_replaced()
     assert (len(window._sent), len(window)) == (0, 15)
@@ -158,22 +159,11 @@ async def test_the_schedulers_link_sends_a_window_at_a_time_in_order_on_either_b
         await link.stop()
     port = int(url.rsplit(":", 1)[1])
     protocol = mqtt.MQTTv5 if broker == "mosquitto" else mqtt.MQTTv311
-    last = retained_now(settings, port, f"restaurants/win-{tag}-", TOPICS, protocol)
-    assert last == {f"restaurants/win-{tag}-{k:02d}/status": str(STATUSES - TOPICS + k).encode() for k in range(TOPICS)}
+    newest = {f"restaurants/win-{tag}-{k:02d}/status": str(STATUSES - TOPICS + k).encode() for k in range(TOPICS)}
+    # amqtt sends its PUBACK when a message is queued, and stores the retained copy when its delivery
+    # loop gets to it: on a busy machine a new subscriber may still see an earlier round for a moment.
+    deadline = time.monotonic() + 10
+    while (last := retained_now(settings, port, f"restaurants/win-{tag}-", TOPICS, protocol)) != newest:
+        assert broker == "amqtt" and time.monotonic() < deadline, last
+        await asyncio.sleep(0.2)
 
-
-def test_one_status_per_topic_is_in_flight_and_the_line_keeps_its_order(settings: Settings) -> None:
-    # amqtt may store two statuses of one topic in flight together out of order: the newer one waits.
-    acked: list[int] = []
-    window = RetainedWindow(10, acked.append)
-    client = platform_client(settings)  # never connected: paho keeps what it is given
-    for token, topic in enumerate(["a", "b", "a", "c", "a"]):
-        window.put(client, True, (f"restaurants/{topic}/status", b"{}", token))
-    in_flight = lambda: sorted(item[2] for item in window._sent.values())  # noqa: E731
-    assert in_flight() == [0, 1], "the second status of a waits, and c behind it"
-    [first_a] = [mid for mid, item in window._sent.items() if item[2] == 0]
-    window.acked(client, first_a)
-    assert in_flight() == [1, 2, 3], "a's next, then c; the third of a waits for the second"
-    [second_a] = [mid for mid, item in window._sent.items() if item[2] == 2]
-    window.acked(client, second_a)
-    assert in_flight() == [1, 3, 4] and acked == [0, 2]
