@@ -20,27 +20,37 @@ and it never ends a silent connection: its reader waits `keep_alive` seconds for
 timeout and waits again, so a device whose network vanished held its session, and its will, until the
 operating system gave the socket up (never, for a peer that sends nothing).
 
+and it sends a PUBACK once a PUBLISH is queued for the connection's delivery loop, and that loop stops
+when the connection ends: what was queued and not yet delivered was dropped, acknowledged or not, and
+the will went out before it (a bridge that stopped right after its last PUBACK left older retained
+statuses behind; a device's queued status could be stored over its will).
+
 `GuardedBroker` replays retained messages only for filters the session itself holds, and
 authenticates first, then ends the old connection the way a lost connection ends
 (its will is published, as Mosquitto does on a takeover) and waits for that before it continues.
 A CONNECT of another protocol level gets CONNACK 0x01 and the connection is closed [MQTT-3.1.2-2].
-`KeepaliveHandler` ends a connection silent for one and a half keep-alives [MQTT-3.1.2-24] the same way.
+`GuardedHandler` ends a connection silent for one and a half keep-alives [MQTT-3.1.2-24] the same way,
+and reports a connection's end to the broker's loop only once that loop has delivered everything the
+connection published (bounded by `DRAIN_TIMEOUT_S`), so the will comes last, as with Mosquitto.
 The amqtt version is pinned (pyproject.toml) because this overrides private methods.
 """
 
 import asyncio
 import logging
+from typing import Any
 
 from amqtt.adapters import ReaderAdapter, WriterAdapter
 from amqtt.broker import Broker
 from amqtt.errors import AMQTTError, MQTTError, NoDataError
+from amqtt.mqtt.disconnect import DisconnectPacket
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
-from amqtt.session import Session
+from amqtt.session import ApplicationMessage, Session
 from amqtt.utils import gen_client_id
 
 logger = logging.getLogger(__name__)
 
 TAKEOVER_TIMEOUT_S = 5.0
+DRAIN_TIMEOUT_S = 3.0  # < TAKEOVER_TIMEOUT_S: a takeover waits for the old connection's drain
 MQTT_311_LEVEL = 4
 UNACCEPTABLE_PROTOCOL_LEVEL = bytes([0x20, 0x02, 0x00, 0x01])  # CONNACK, no session, return code 0x01
 
@@ -94,10 +104,16 @@ def silence_allowed_s(keep_alive: int) -> int:
     return (keep_alive * 3 + 1) // 2
 
 
-class KeepaliveHandler(BrokerProtocolHandler):
-    """Ends a connection that sent nothing for its allowed silence as a lost one: its will is published."""
+class GuardedHandler(BrokerProtocolHandler):
+    """Ends a connection that sent nothing for its allowed silence as a lost one (its will is published),
+    and ends any connection only after what it published has been delivered."""
 
     _closing: asyncio.Task[None] | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Set while the broker's loop waits for the next message: it has delivered every one it took.
+        self._loop_waits = asyncio.Event()
 
     def handle_read_timeout(self) -> None:
         # Called from the reader loop (which then waits again); the broker's clean-up cancels that loop.
@@ -105,6 +121,36 @@ class KeepaliveHandler(BrokerProtocolHandler):
             client = self.session.client_id if self.session else None
             logger.info("client %r sent nothing for 1.5 keep-alives: closing its connection", client)
             self._closing = asyncio.ensure_future(self.handle_connection_closed())
+
+    async def mqtt_deliver_next_message(self) -> ApplicationMessage | None:
+        # The broker's loop asks for a message once it has delivered (broadcast, retained) the one before.
+        self._loop_waits.set()
+        try:
+            return await super().mqtt_deliver_next_message()
+        finally:
+            self._loop_waits.clear()
+
+    async def wait_disconnect(self) -> DisconnectPacket | None:
+        # The broker's loop handles the end of the connection (the will, then the clean-up) as soon as this
+        # returns, and drops what is still queued: return once the queue is delivered.
+        ended = await super().wait_disconnect()
+        try:
+            await asyncio.wait_for(self._delivered(), DRAIN_TIMEOUT_S)
+        except TimeoutError:
+            client = self.session.client_id if self.session else None
+            left = self.session.delivered_message_queue.qsize() if self.session else 0
+            logger.warning("client %r ended with %d messages undelivered after %.0f s", client, left, DRAIN_TIMEOUT_S)
+        return ended
+
+    async def _delivered(self) -> None:
+        if self.session is None:
+            return
+        queue = self.session.delivered_message_queue
+        while not (self._loop_waits.is_set() and queue.empty()):
+            if self._loop_waits.is_set():
+                await asyncio.sleep(0)  # a message was just queued: the loop's `get` takes it on its next step
+            else:
+                await self._loop_waits.wait()
 
 
 class GuardedBroker(Broker):
@@ -120,7 +166,7 @@ class GuardedBroker(Broker):
         try:
             # amqtt's caller goes on with `reader` itself: the CONNECT is read whole from this one.
             connect_reader = PrefixedReader(head, reader)
-            handler, incoming = await KeepaliveHandler.init_from_connect(connect_reader, writer, self.plugins_manager)
+            handler, incoming = await GuardedHandler.init_from_connect(connect_reader, writer, self.plugins_manager)
         except (AMQTTError, MQTTError, NoDataError) as exc:
             # amqtt has already answered a malformed CONNECT where it could; the caller logs and closes.
             raise AMQTTError(f"bad CONNECT from {remote_address}:{remote_port}: {exc}") from exc

@@ -158,10 +158,9 @@ async def test_the_schedulers_link_sends_a_window_at_a_time_in_order_on_either_b
         port = int(url.rsplit(":", 1)[1])
         protocol = mqtt.MQTTv5 if broker == "mosquitto" else mqtt.MQTTv311
         newest = {f"restaurants/win-{tag}-{k:02d}/status": str(STATUSES - TOPICS + k).encode() for k in range(TOPICS)}
-        # Read while the link is still connected: amqtt sends its PUBACK once a message is queued and
-        # stores the retained copy when its delivery loop reaches it, a moment later on a busy machine;
-        # read after the link's disconnect, some topics kept an older status for good (parallel runs,
-        # 2026-11-28): what was queued and not yet delivered seems to go with the session.
+        # amqtt sends its PUBACK once a message is queued and stores the retained copy when its delivery
+        # loop reaches it, a moment later on a busy machine. (What it had queued when a connection ended
+        # used to be dropped: tests/test_broker_delivery.py.)
         deadline = time.monotonic() + 10
         while (last := retained_now(settings, port, f"restaurants/win-{tag}-", TOPICS, protocol)) != newest:
             stale = {t: (v, newest.get(t)) for t, v in last.items() if newest.get(t) != v}
