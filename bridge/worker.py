@@ -97,6 +97,7 @@ class Bridge:
         self._retained_after_start: list[tuple[str, str]] = []
         self._held_wills: list[tuple[float, PresenceRow]] = []
         self._sweeping = asyncio.Lock()
+        self._group_ms, self._group_read_at = 0, -float("inf")  # the other bridges' lowest horizon, and when read
         self._stop_at: float | None = None
         self._gave_up = False
 
@@ -396,7 +397,10 @@ class Bridge:
         # have read it as disconnected meanwhile: heartbeat_batch.lua). Not while the links run behind:
         # the gap is then between two reads, not two beats; the 100,000 storm got 137,000 DEVICE_ONLINE
         # events more than it had births that way (2026-11-27). The sweep judges silence meanwhile.
-        window_ms = int(self.settings.stale_after_s * 1000) if _caught_up(*self._horizons()) else 0
+        # Nor while another bridge of the group does: it may hold the beats in between (core/horizons.py).
+        received, heard = self._horizons()
+        caught_up = _caught_up(received, min(heard, await self._group_horizon()))
+        window_ms = int(self.settings.stale_after_s * 1000) if caught_up else 0
 
         async def turn(todo: list[int], settled_first: bool) -> tuple[set[str], list[tuple[int, str, int]]]:
             outcome = await self.store.heartbeats(
@@ -631,10 +635,12 @@ class Bridge:
             received, heard = self._horizons()
             cutoff = received - window_ms
             silent = await self.store.stale_candidates(cutoff)
+            # Another bridge of the group may hold a silent-looking device's beats unread (core/horizons.py).
+            group = min(heard, await self._group_horizon()) if silent else heard
             # The batch's (restaurant, device) pairs, gathered only when a device may be judged by them.
-            back = frozenset(speaking) if silent and _caught_up(received, heard) else frozenset()
+            back = frozenset(speaking) if silent and _caught_up(received, group) else frozenset()
             candidates = [(rid, did, score) for rid, did, score in silent
-                          if score < heard - window_ms or (rid, did) in back]  # fmt: skip
+                          if score < group - window_ms or (rid, did) in back]  # fmt: skip
             if not candidates:
                 return
             at = from_ms(now_ms())
@@ -653,6 +659,13 @@ class Bridge:
                 return _split(todo, [rows[i][0] for i in todo], results)
 
             await self._in_turns(len(rows), turn)
+
+    async def _group_horizon(self) -> int:
+        """The lowest horizon the other live bridges published, read at most every `HORIZON_EVERY_S`."""
+        if time.monotonic() - self._group_read_at >= HORIZON_EVERY_S:
+            self._group_ms = await self.horizons.others(self.instance, now_ms())
+            self._group_read_at = time.monotonic()
+        return self._group_ms
 
     async def _convergence_loop(self) -> None:
         """Say when every shard's retained presence has been read; read it again if Redis loses it."""

@@ -24,6 +24,7 @@ from redis.asyncio import Redis
 from bridge.mqtt_link import Inbound
 from bridge.worker import Bridge
 from core.db import open_mongo
+from core.horizons import Horizons
 from core.ids import status_topic
 from core.messages import DeviceState
 from core.presence_store import PresenceStore
@@ -236,6 +237,48 @@ async def test_stale_then_revived_by_heartbeat(env: dict[str, Any], stack: Any) 
         await tap.wait_for(RID["r-stale"], "STATUS_CHANGED", 3)
         assert (await status_of(service, RID["r-stale"])()).online
         await asyncio.to_thread(device.stop)
+
+
+@ONE_BROKER
+async def test_a_device_is_not_swept_while_another_bridge_of_the_group_runs_behind(
+    env: dict[str, Any], stack: Any
+) -> None:
+    # A shared subscription hands a device's beats to any bridge of the group: while one runs behind, it may
+    # hold them unread as another finds the device silent. What a bridge behind by 60 s publishes is its
+    # horizon (core/horizons.py); the sweep must not judge silence past it.
+    settings, tap = env["settings"], env["tap"]
+    rid = RID["r-stale"] + "-g"
+    secret = await make_restaurant(settings, stack, rid)
+    horizons = Horizons(Redis.from_url(settings.redis_url, decode_responses=True), settings.redis_prefix)
+    other = f"behind-{uuid.uuid4().hex[:6]}"
+
+    async def run_behind() -> None:
+        while True:
+            now = int(time.time() * 1000)
+            await horizons.publish(other, now - 60_000, now)
+            await asyncio.sleep(0.5)
+
+    behind = asyncio.create_task(run_behind())
+    try:
+        async with running_bridge(settings):
+            device = Device(env["url"], rid, secret)
+            await asyncio.to_thread(device.connect, 7)
+            await tap.wait_for(rid, "STATUS_CHANGED")
+            await settle_time(settings.stale_after_s + 2.0)  # silent for twice the window, sweeps every 0.2 s
+            # Its next beat comes more than a window after the last applied one: no gap of its own either.
+            await asyncio.to_thread(device.heartbeat)
+            await settle_time(0.5)
+            assert tap.of(rid, "DEVICE_OFFLINE") == []
+            assert len(tap.of(rid, "DEVICE_ONLINE")) == 1
+            behind.cancel()
+            await horizons.withdraw(other)  # the other bridge stopped: its horizon holds nobody back
+            offline = await tap.wait_for(rid, "DEVICE_OFFLINE", timeout=10)
+            assert offline[0]["data"]["cause"] == "stale"
+            await asyncio.to_thread(device.stop)
+    finally:
+        behind.cancel()
+        await horizons.withdraw(other)
+        await horizons.redis.aclose()
 
 
 async def test_closed_restaurant_is_closed_even_when_connected(env: dict[str, Any], stack: Any) -> None:
