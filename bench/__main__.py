@@ -89,6 +89,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sessions", type=int, help="scale: device sessions (full 100,000; quick 5,000)")
     parser.add_argument("--shards", type=int, help="scale: Mosquitto shards (full 8; quick 3)")
     parser.add_argument("--ramp", type=float, help="scale: seconds over which the sessions connect (full 60; quick 15)")
+    parser.add_argument("--sim-nice", type=int, help="scale: the simulators' niceness (default 10; 0: as the platform)")
     parser.add_argument("--keep", action="store_true", help="keep the servers' data and logs (paths are printed)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="results as JSON (default bench-results/<time>.json)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every server start and stop")
@@ -196,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         scale_config.sessions = args.sessions or scale_config.sessions
         scale_config.shards = args.shards or scale_config.shards
         scale_config.ramp_s = args.ramp or scale_config.ramp_s
+        scale_config.sim_nice = scale_config.sim_nice if args.sim_nice is None else args.sim_nice
         print(f"bench: scale with {scale_config}", file=sys.stderr)
         scale = scale_benchmark(scale_config, args.keep)
         rows += scale_rows(scale)

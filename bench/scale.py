@@ -79,6 +79,8 @@ class ScaleConfig:
     batch_ids: int = 1000
     batch_requests: int = 25  # per client
     baseline_rounds: int = 3
+    # The simulators' niceness: the devices are not the platform's, so they get what it leaves (0: none).
+    sim_nice: int = 10
 
     @classmethod
     def full(cls) -> "ScaleConfig":
@@ -95,7 +97,7 @@ class ScaleConfig:
         return cls(sessions=1000, shards=3, sims=2, ramp_s=4.0, heartbeat_s=2.0, window_s=6.0, keepalive_s=10,
                    storm_timeout_s=60.0, steady_s=10.0, heartbeat_probes=2, heartbeat_every_s=0.2,
                    crash_samples=4, silent_probes=1, probe_keepalive_s=2, batch_clients=4, batch_ids=200,
-                   batch_requests=3, baseline_rounds=1)  # fmt: skip
+                   batch_requests=3, baseline_rounds=1, sim_nice=0)  # fmt: skip
 
 
 @dataclass
@@ -213,7 +215,7 @@ def run_scale(base: Settings, shards: MosquittoShards, root: Path, config: Scale
     fleet = SimFleet(root, settings, credentials, config.sessions, shards.urls,
                      ["--scenario", "storm", "--ramp", str(config.ramp_s), "--duration", str(bound),
                       "--heartbeat-interval", str(config.heartbeat_s), "--keepalive", str(config.keepalive_s)],
-                     config.sims)  # fmt: skip
+                     config.sims, config.sim_nice)  # fmt: skip
     result.sims = len(fleet.slices)
 
     def watched() -> dict[str, list[int]]:
@@ -385,18 +387,27 @@ def scale_benchmark(config: ScaleConfig, keep: bool = False) -> ScaleResult:
 # --- the table -----------------------------------------------------------------------------------------
 
 
+def _storm_verdict(r: ScaleResult) -> str:
+    """The 15 s goal, and whether the connects came as fast as the goal's 60 s (a slower storm is easier)."""
+    met = r.storm_right_after_s is not None and r.storm_right_after_s <= 15
+    if r.storm_connect_span_s > r.config.ramp_s * 1.1:
+        span, ramp = r.storm_connect_span_s, r.config.ramp_s
+        return verdict(met, f"for connects over {span:.0f} s, not the goal's {ramp:.0f} s: the simulators had "
+                            "the CPU the platform left")  # fmt: skip
+    return verdict(met)
+
+
 def scale_rows(r: ScaleResult) -> list[Row]:
     c, p, will_grace_s = r.config, r.probes, r.will_grace_s
     n = c.sessions
     rows = [
-        Row("scale", f"sessions connected ({c.shards} Mosquitto shards, {r.sims} client_sim processes)",
-            f"{r.storm_connected:,} of {n:,}",
+        Row("scale", f"sessions connected ({c.shards} Mosquitto shards, {r.sims} client_sim processes "
+            f"at nice {c.sim_nice})", f"{r.storm_connected:,} of {n:,}",
             f"connects spread over {r.storm_connect_span_s:.1f} s (ramp {c.ramp_s:.0f} s)",
             verdict(r.storm_connected == n, f"{r.storm_reconnects} lost/refused/failed")),
         Row("scale", "storm: last CONNACK → every committed status online (Redis, polled 1/s)",
             "not reached" if r.storm_right_after_s is None else f"{r.storm_right_after_s:.1f} s",
-            f"goal ≤ 15 s; {r.storm_right_count:,} of {n:,} online at the end",
-            verdict(r.storm_right_after_s is not None and r.storm_right_after_s <= 15)),
+            f"goal ≤ 15 s; {r.storm_right_count:,} of {n:,} online at the end", _storm_verdict(r)),
         Row("scale", "storm: the API's status of every restaurant afterwards",
             f"{r.storm_api_online:,} of {n:,} online", f"POST /restaurants/status/query × {-(-n // 10_000)}: "
             f"{r.storm_api_seconds:.1f} s", "all right" if r.storm_api_online == n else "WRONG"),

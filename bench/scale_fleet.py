@@ -6,6 +6,12 @@ bridge and the API read it: its profile (always open) and its committed status (
 the platform would have left it before any device) in Redis, its `$7$` hash in the brokers'
 password file. The devices are `python -m client_sim` processes, each a slice of the fleet
 (`--skip`/`--restaurants`) on every shard (`--broker` per shard) from its own loopback sources.
+
+A fleet may run at a lower priority than the platform (`nice`): real devices take none of the
+platform's CPU, and here the simulators share its two cores. Each simulator leads a session of its own,
+and with the kernel's autogroup scheduling (`/proc/sys/kernel/sched_autogroup_enabled`) every session is
+a group weighted as one, whatever its processes' nice values: so the group's own nice is set too
+(`/proc/<pid>/autogroup`), as `nice` alone did nothing (2026-11-28, docs/benchmarks.md §13).
 """
 
 import contextlib
@@ -121,8 +127,10 @@ class SimFleet:
         brokers: list[str],
         args: list[str],
         processes: int | None = None,
+        nice: int = 0,
     ) -> None:
         self.root = root
+        self.nice = nice
         self.settings = settings
         self.credentials = credentials
         self.brokers = brokers
@@ -148,7 +156,7 @@ class SimFleet:
             cmd += ["--broker", url]
         for source in part.sources:
             cmd += ["--bind-address", source]
-        return cmd + self.args
+        return (["nice", "-n", str(self.nice)] if self.nice else []) + cmd + self.args
 
     def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PRESENCE_")} | settings_env(self.settings)
@@ -159,7 +167,10 @@ class SimFleet:
                     self.command(part), cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL,
                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                 )  # fmt: skip
-        logger.info("%d client_sim processes started (pids %s)", len(self.slices), self.pids)
+        if self.nice:
+            for pid in self.pids:
+                lower_autogroup(pid, self.nice)
+        logger.info("%d client_sim processes started (pids %s, nice %d)", len(self.slices), self.pids, self.nice)
 
     @property
     def pids(self) -> list[int]:
@@ -222,6 +233,17 @@ class SimFleet:
                     os.killpg(process.pid, signal.SIGKILL)
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     process.wait(10)
+
+
+def lower_autogroup(pid: int, nice: int) -> None:
+    """Give the scheduling group of `pid`'s session the niceness `nice` (nothing to do without autogroups)."""
+    group = Path(f"/proc/{pid}/autogroup")
+    try:
+        group.write_text(str(nice))
+    except FileNotFoundError:
+        return  # a kernel without autogroup scheduling: the processes' own nice applies
+    except OSError as exc:
+        logger.warning("could not lower the priority of simulator %d's group: %s", pid, exc)
 
 
 def write_credentials(path: Path, secrets: dict[str, str]) -> None:

@@ -6,12 +6,14 @@ queues), steady heartbeats, crash / silent drop / silent app detection, the batc
 Timings are what the benchmark reports; here only counts and states are checked.
 """
 
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from bench.scale import ScaleConfig, run_scale
+from bench.scale_fleet import lower_autogroup
 from core.settings import Settings
 from stack.backends import Backends
 from stack.shards import MosquittoShards
@@ -62,3 +64,19 @@ def test_reduced_scale_scenarios(settings: Settings, shards: MosquittoShards, tm
     # Nothing went wrong in the platform's own logs, and no process came near the open-file limit.
     assert all(not lines for lines in result.log_problems.values()), result.log_problems
     assert max(max(v) for v in result.open_files.values() if v) < 20_000
+
+
+def test_a_simulators_session_group_gets_the_niceness_asked(tmp_path: Path) -> None:
+    # Each simulator leads a session of its own; with autogroup scheduling a process's own nice does not
+    # weigh against other sessions, so the fleet lowers the group's (docs/benchmarks.md §13).
+    child = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        group = Path(f"/proc/{child.pid}/autogroup")
+        if not group.exists():
+            pytest.skip("this kernel schedules without autogroups: the processes' own nice applies")
+        assert group.read_text().split()[-1] == "0"
+        lower_autogroup(child.pid, 10)
+        assert group.read_text().split()[-1] == "10"
+    finally:
+        child.kill()
+        child.wait()
