@@ -41,6 +41,7 @@ from bench.harness import (
     private_servers,
     scrape,
     thread_cpu,
+    tree_cpu_seconds,
     wait_for,
 )
 from bench.ingest import problems_in_log
@@ -48,6 +49,7 @@ from bench.report import Row, dist_ms, verdict
 from bench.scale_fleet import SimFleet, not_in_core, store_restaurants, write_credentials
 from bench.scale_probes import Api, DashboardWatch, ProbeFigures, ProbeRunner, detection_rows
 from bench.scale_status import BatchLoad, QueueCount, api_online_count, batch_load, drain, queue_depths
+from bench.wrk_load import WrkLoad, wrk_load
 from core.documents import Role
 from core.settings import Settings
 from stack.platform import PythonService
@@ -81,6 +83,8 @@ class ScaleConfig:
     baseline_rounds: int = 3
     # The simulators' niceness: the devices are not the platform's, so they get what it leaves (0: none).
     sim_nice: int = 10
+    # Then the same batches from wrk (a client in C, bench/wrk_load.py) for this long; 0: not run.
+    wrk_s: float = 10.0
 
     @classmethod
     def full(cls) -> "ScaleConfig":
@@ -97,7 +101,7 @@ class ScaleConfig:
         return cls(sessions=1000, shards=3, sims=2, ramp_s=4.0, heartbeat_s=2.0, window_s=6.0, keepalive_s=10,
                    storm_timeout_s=60.0, steady_s=10.0, heartbeat_probes=2, heartbeat_every_s=0.2,
                    crash_samples=4, silent_probes=1, probe_keepalive_s=2, batch_clients=4, batch_ids=200,
-                   batch_requests=3, baseline_rounds=1, sim_nice=0)  # fmt: skip
+                   batch_requests=3, baseline_rounds=1, sim_nice=0, wrk_s=0.0)  # fmt: skip
 
 
 @dataclass
@@ -125,6 +129,8 @@ class ScaleResult:
     open_files: dict[str, list[int]] = field(default_factory=dict)  # per shard and per simulator
     probes: ProbeFigures = field(default_factory=ProbeFigures)
     batch: BatchLoad | None = None
+    wrk: WrkLoad | None = None  # the batches again from wrk, the fleet still connected
+    wrk_api_cpu_s: float = 0.0
     will_grace_s: float = 0.5  # the bridge's hold of every will (PRESENCE_WILL_GRACE_S)
     log_problems: dict[str, list[str]] = field(default_factory=dict)
     limited_by: list[str] = field(default_factory=list)
@@ -237,6 +243,12 @@ def run_scale(base: Settings, shards: MosquittoShards, root: Path, config: Scale
         result.batch = BatchLoad(config.batch_clients, config.batch_ids)
         logger.info("batch status: %d clients × %d ids", config.batch_clients, config.batch_ids)
         batch_load(api_port, token, ids, result.batch, config.batch_requests, config.baseline_rounds)
+        if config.wrk_s > 0 and platform.api.pid is not None:
+            # The Python clients share the 2 cores, and the GIL, with the fleet: wrk asks as a client in C.
+            cpu_before = tree_cpu_seconds(platform.api.pid)
+            result.wrk = wrk_load(api_port, token, ids, root, WrkLoad(config.batch_clients, config.batch_ids,
+                                                                      config.wrk_s))  # fmt: skip
+            result.wrk_api_cpu_s = tree_cpu_seconds(platform.api.pid) - cpu_before
         if (died := fleet.died()) is not None:
             raise BenchError(died)
     finally:
@@ -387,6 +399,19 @@ def scale_benchmark(config: ScaleConfig, keep: bool = False) -> ScaleResult:
 # --- the table -----------------------------------------------------------------------------------------
 
 
+def _wrk_rows(w: WrkLoad | None, api_cpu_s: float) -> list[Row]:
+    if w is None:
+        return []
+    figure = f"batch status: {w.ids_per_request:,} ids, {w.connections} connections of wrk, under the load"
+    if w.missing:
+        return [Row("scale", figure, "not measured", "goal p99 ≤ 20 ms", w.missing)]
+    met = w.requests > 0 and w.non_2xx == 0 and w.socket_errors == 0 and w.p99_ms <= 20
+    rate = w.requests * w.ids_per_request / max(w.seconds, 1e-9)
+    return [Row("scale", figure, f"p50 {w.p50_ms:.1f} / p99 {w.p99_ms:.1f} / max {w.max_ms:.1f} ms",
+                f"goal p99 ≤ 20 ms; {rate:,.0f} ids/s; API {api_cpu_s / max(w.seconds, 1e-9):.2f} cores",
+                verdict(met, f"{w.non_2xx} non-2xx, {w.socket_errors} socket errors"))]  # fmt: skip
+
+
 def _storm_verdict(r: ScaleResult) -> str:
     """The 15 s goal, and whether the connects came as fast as the goal's 60 s (a slower storm is easier)."""
     met = r.storm_right_after_s is not None and r.storm_right_after_s <= 15
@@ -453,6 +478,7 @@ def scale_rows(r: ScaleResult) -> list[Row]:
             verdict(bool(b.latencies_ms) and percentile(b.latencies_ms, 99) <= 20,
                      f"{b.wrong_answers} wrong, {len(b.errors)} errors"),
         ))  # fmt: skip
+    rows += _wrk_rows(r.wrk, r.wrk_api_cpu_s)
     cores = " / ".join(f"{name} {v:.2f}" for name, v in r.cores.items())
     rows.append(Row("scale", "other processes over the steady window (cores)", cores or "-", ""))
     files = "; ".join(f"{name} max {max(v):,}" for name, v in r.open_files.items() if v)
