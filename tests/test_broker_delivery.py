@@ -20,21 +20,10 @@ from urllib.parse import urlsplit
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from bench.wire import CONNECT, field, packet, publish_packet
+
 ROUNDS = 8
 TOPICS = 250
-
-
-def remaining_length(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def field(data: bytes) -> bytes:
-    return len(data).to_bytes(2, "big") + data
 
 
 def connect_packet(client_id: str, user: str, password: str, will: tuple[str, bytes] | None = None) -> bytes:
@@ -45,12 +34,7 @@ def connect_packet(client_id: str, user: str, password: str, will: tuple[str, by
         payload += field(will[0].encode()) + field(will[1])
     payload += field(user.encode()) + field(password.encode())
     body = field(b"MQTT") + bytes([4, flags]) + (60).to_bytes(2, "big") + payload
-    return bytes([0x10]) + remaining_length(len(body)) + body
-
-
-def retained_publish(topic: str, payload: bytes, packet_id: int) -> bytes:
-    body = field(topic.encode()) + packet_id.to_bytes(2, "big") + payload
-    return bytes([0x33]) + remaining_length(len(body)) + body  # PUBLISH, QoS 1, retained
+    return packet(CONNECT, body)
 
 
 def read_exactly(sock: socket.socket, n: int) -> bytes:
@@ -74,7 +58,8 @@ class RawClient:
 
     def publish_all(self, messages: list[tuple[str, bytes]]) -> None:
         """Publish every message at once, then read one PUBACK per message."""
-        self.sock.sendall(b"".join(retained_publish(t, p, i + 1) for i, (t, p) in enumerate(messages)))
+        packets = (publish_packet(t, p, qos=1, retain=True, packet_id=i + 1) for i, (t, p) in enumerate(messages))
+        self.sock.sendall(b"".join(packets))
         acked = {int.from_bytes(read_exactly(self.sock, 4)[2:], "big") for _ in messages}
         assert acked == set(range(1, len(messages) + 1))
 
