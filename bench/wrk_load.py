@@ -34,6 +34,14 @@ class WrkLoad:
     missing: str = ""  # why it did not run
     output: list[str] = field(default_factory=list)  # wrk's own report, for the record
 
+    @property
+    def ids_per_s(self) -> float:
+        return self.requests * self.ids_per_request / max(self.seconds, 1e-9)
+
+    def met(self, p99_goal_ms: float) -> bool:
+        """Whether every request was answered, without error, and the p99 within the goal."""
+        return self.requests > 0 and self.non_2xx == 0 and self.socket_errors == 0 and self.p99_ms <= p99_goal_ms
+
 
 def _lua(token: str, bodies: list[str]) -> str:
     def quoted(text: str) -> str:
